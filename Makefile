@@ -1,0 +1,52 @@
+# One task runner for people and CI. `make test` and `make demo` set everything up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps test test-quick lint demo bench clean
+
+help:
+	@echo "make demo        run the local pipeline end to end (sets itself up)"
+	@echo "make test        create the venv, install what is missing, run every test"
+	@echo "make test-quick  the same without the slow fault-injection tests"
+	@echo "make lint        ruff and mypy --strict"
+	@echo "make bench       the benchmarks in bench/"
+
+# Mosquitto (the local broker) and venv support, from the distribution, only where missing.
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; \
+	fi
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		echo "installing python3-venv"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check device cloud tests bench
+	$(VENV)/bin/mypy device cloud
+
+bench: setup
+	$(PY) bench/agent_publish.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

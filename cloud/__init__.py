@@ -1,0 +1,1 @@
+"""The cloud half: the IoT rule's part, the table, exports, queries, and AWS set-up."""

@@ -1,0 +1,256 @@
+"""The agent's loop: read the sensor, store each reading, publish it, forget it on PUBACK.
+
+One thread runs this loop; the transport's network thread only reports back (acks,
+failures, connection changes) through a queue, so all outbox writes happen here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from device.config import AgentConfig
+from device.errors import BrokerError, OutboxError, SensorReadError
+from device.outbox import Outbox
+from device.payload import data_topic
+from device.sensors import Sensor, make_sensor
+from device.transport import Callbacks, Transport, make_transport
+
+log = logging.getLogger(__name__)
+
+#: Attempts at one reading before it is skipped (each failure is counted).
+READ_ATTEMPTS = 3
+#: With --interval 0, readings are taken in batches of at most this many per commit.
+MAX_BATCH = 256
+
+
+@dataclass
+class Summary:
+    sensor_id: str
+    published: int = 0
+    acknowledged: int = 0
+    buffered: int = 0
+    dropped: int = 0
+    read_errors: int = 0
+
+    def line(self) -> str:
+        return (
+            f"{self.sensor_id}: published {self.published}, acknowledged {self.acknowledged}, "
+            f"buffered {self.buffered}, dropped {self.dropped}, read errors {self.read_errors}"
+        )
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        sensor: Sensor | None = None,
+        transport_factory: Callable[[AgentConfig, Callbacks], Transport] = make_transport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.summary = Summary(config.sensor_id)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._clock = clock
+        self._topic = data_topic(config.sensor_id)
+        self.outbox = Outbox(config.outbox, config.sensor_id, config.outbox_max, config.outbox_full)
+        self._dropped_at_start = self.outbox.dropped
+        try:
+            self.sensor = sensor or make_sensor(config)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self._transport = transport_factory(
+            config,
+            Callbacks(
+                on_ack=lambda token: self._events.put(("ack", token)),
+                on_failed=lambda token: self._events.put(("failed", token)),
+                on_connection=lambda up, why: self._events.put(("connection", (up, why))),
+                on_fatal=lambda why: self._events.put(("fatal", why)),
+            ),
+        )
+        self._connected = False
+        self._offline_since = clock()
+        self._last_offline_reason = "not connected yet"
+        self._inflight: set[int] = set()
+        self._resend: list[int] = []  # heap of seqs the transport gave back
+        self._cursor = -1  # highest seq handed to the transport from the outbox
+        self._produced = 0
+
+    # -- control from outside (signal handlers, other threads) -----------------------------
+
+    def stop(self) -> None:
+        """Stop taking readings and flush; safe from a signal handler or another thread."""
+        self._stopping.set()
+        self._events.put(("wake", None))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        """Run until --count readings are acknowledged, or until stop(); return the tally."""
+        cfg = self.config
+        backlog = len(self.outbox)
+        if backlog:
+            log.info("%d reading(s) from an earlier run wait in %s", backlog, cfg.outbox)
+        self._transport.start()
+        next_read = self._clock()
+        flush_deadline: float | None = None
+        try:
+            while True:
+                now = self._clock()
+                if self._stopping.is_set() and flush_deadline is None:
+                    flush_deadline = now + cfg.flush_timeout
+                producing = flush_deadline is None and (
+                    cfg.count is None or self._produced < cfg.count
+                )
+                if producing and now >= next_read:
+                    self._take_readings()
+                    next_read = max(next_read + cfg.interval, now) if cfg.interval else now
+                self._fill_window()
+                if not producing and len(self.outbox) == 0:
+                    break  # everything produced is acknowledged
+                if flush_deadline is not None and now >= flush_deadline:
+                    log.warning(
+                        "flush timeout: %d reading(s) stay in %s for the next run",
+                        len(self.outbox),
+                        cfg.outbox,
+                    )
+                    break
+                self._check_offline_limit(now)
+                if producing and cfg.interval == 0:
+                    wait = 0.0 if self._unsent() < cfg.inflight else 0.5
+                elif producing:
+                    wait = max(0.0, next_read - now)
+                else:
+                    wait = 0.5
+                if flush_deadline is not None:
+                    wait = min(wait, max(0.0, flush_deadline - now))
+                self._handle_events(wait)
+        finally:
+            self._transport.stop(timeout=5.0)
+            self._handle_events(0)
+            self.summary.buffered = len(self.outbox)
+            self.summary.dropped = self.outbox.dropped - self._dropped_at_start
+            self.outbox.close()
+            self.sensor.close()
+        return self.summary
+
+    def _unsent(self) -> int:
+        return len(self.outbox) - len(self._inflight)
+
+    def _take_readings(self) -> None:
+        cfg = self.config
+        want = 1
+        if cfg.interval == 0:
+            # As fast as the link carries them: top up what is waiting to be sent.
+            want = min(MAX_BATCH, cfg.inflight - self._unsent())
+        if cfg.count is not None:
+            want = min(want, cfg.count - self._produced)
+        batch: list[dict[str, float]] = []
+        for _ in range(max(0, want)):
+            values = self._read_sensor()
+            if values is None:
+                break
+            batch.append(values)
+        if not batch:
+            return
+        try:
+            self.outbox.append(batch)
+        except OutboxError as exc:
+            # Nothing of this batch was stored; say so and try again at the next tick.
+            log.error("%s; %d reading(s) not kept", exc, len(batch))
+            self.summary.dropped += len(batch)
+            return
+        self._produced += len(batch)
+
+    def _read_sensor(self) -> dict[str, float] | None:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return self.sensor.read()
+            except SensorReadError as exc:
+                self.summary.read_errors += 1
+                log.warning("sensor read failed (attempt %d of %d): %s", attempt, READ_ATTEMPTS, exc)
+                if attempt < READ_ATTEMPTS and self._stopping.wait(self.sensor.retry_delay):
+                    break
+        return None
+
+    def _fill_window(self) -> None:
+        if not self._connected:
+            return
+        free = self.config.inflight - len(self._inflight)
+        if free <= 0:
+            return
+        to_send: list[tuple[int, bytes]] = []
+        if self._resend:
+            wanted = set()
+            while self._resend and len(wanted) < free:
+                wanted.add(heapq.heappop(self._resend))
+            # Re-read: a resent reading may have been dropped by a full outbox since.
+            for p in self.outbox.pending(min(wanted) - 1, limit=len(self.outbox)):
+                if p.seq in wanted:
+                    to_send.append((p.seq, p.payload))
+                if p.seq >= max(wanted):
+                    break
+            free -= len(to_send)
+        if free > 0:
+            for p in self.outbox.pending(self._cursor, limit=free):
+                to_send.append((p.seq, p.payload))
+                self._cursor = p.seq
+        for seq, payload in to_send:
+            self._inflight.add(seq)
+            self.summary.published += 1
+            self._transport.publish(self._topic, payload, self.config.qos, seq)
+
+    def _handle_events(self, wait: float) -> None:
+        acked: list[int] = []
+        try:
+            event, value = self._events.get(timeout=wait) if wait > 0 else self._events.get_nowait()
+            while True:
+                self._handle(event, value, acked)
+                event, value = self._events.get_nowait()
+        except queue.Empty:
+            pass
+        if acked:
+            try:
+                self.outbox.remove(acked)
+            except OutboxError as exc:
+                # They are delivered; at worst they are sent again after a restart.
+                log.error("%s; %d acknowledged reading(s) may be sent twice", exc, len(acked))
+            self.summary.acknowledged += len(acked)
+
+    def _handle(self, event: str, value: Any, acked: list[int]) -> None:
+        if event == "ack":
+            if value in self._inflight:
+                self._inflight.discard(value)
+                acked.append(value)
+        elif event == "failed":
+            if value in self._inflight:
+                self._inflight.discard(value)
+                heapq.heappush(self._resend, value)
+        elif event == "connection":
+            up, why = value
+            if up and not self._connected:
+                log.info("%s", why)
+            elif not up and self._connected:
+                log.warning("%s; readings are kept in %s", why, self.config.outbox)
+                self._offline_since = self._clock()
+            self._connected = up
+            if not up:
+                self._last_offline_reason = why
+        elif event == "fatal":
+            raise BrokerError(value)
+
+    def _check_offline_limit(self, now: float) -> None:
+        limit = self.config.offline_limit
+        if limit and not self._connected and now - self._offline_since > limit:
+            raise BrokerError(
+                f"{self._last_offline_reason}, for more than {limit:g}s (--offline-limit); "
+                f"{len(self.outbox)} reading(s) kept in {self.config.outbox}"
+            )

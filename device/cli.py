@@ -1,0 +1,166 @@
+"""`device-agent`: the command line over device.agent. Parsing and error reporting only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from device.agent import Agent, Summary
+from device.config import FULL_POLICIES, SENSORS, TRANSPORTS, AgentConfig, load_config
+from device.errors import AgentError
+
+log = logging.getLogger("device")
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    if verbose < 2:
+        logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def run_agents(agents: list[Agent]) -> list[Summary]:
+    """Run agents on worker threads; SIGINT/SIGTERM stop them cleanly (they flush first).
+
+    The main thread only waits, so the signal handler never interrupts an agent mid-write.
+    """
+    results: list[Summary | BaseException] = [RuntimeError("not run")] * len(agents)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = agents[i].run()
+        except BaseException as exc:
+            results[i] = exc
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: flushing and stopping", signal.Signals(signum).name)
+        for agent in agents:
+            agent.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = [threading.Thread(target=work, args=(i,), name=a.config.sensor_id) for i, a in enumerate(agents)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for agent in agents:
+            agent.stop()
+        first = errors[0]
+        if isinstance(first, AgentError):
+            raise click.ClickException(str(first))
+        raise first
+    return [r for r in results if isinstance(r, Summary)]
+
+
+def _local_stack_defaults(sensor_id: str) -> dict[str, Any] | None:
+    """Broker and certificates from a running local stack (`cloud local up`), if any."""
+    try:
+        from cloud.local.stack import device_defaults
+    except ImportError:
+        return None
+    return device_defaults(sensor_id)
+
+
+def build_config(sensor_id: str, config_file: Path | None, flags: dict[str, Any]) -> AgentConfig:
+    if config_file is None and os.environ.get("DEVICE_AGENT_CONFIG"):
+        config_file = Path(os.environ["DEVICE_AGENT_CONFIG"])
+    try:
+        return load_config(
+            sensor_id,
+            flags,
+            config_file=config_file,
+            default_broker=_local_stack_defaults(sensor_id) if not flags.get("broker") else None,
+        )
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every way of running agents shares; None means "not given on the line"."""
+    options = [
+        click.option("--broker", help="mqtts://HOST:PORT (TLS) or mqtt://HOST:PORT (plain)."),
+        click.option("--cert", type=click.Path(path_type=Path), help="Device certificate (PEM)."),
+        click.option("--key", type=click.Path(path_type=Path), help="Device private key (PEM, mode 0600)."),
+        click.option("--ca", type=click.Path(path_type=Path), help="CA that signed the broker's certificate."),
+        click.option("--transport", type=click.Choice(TRANSPORTS), help="MQTT client library [paho]."),
+        click.option("--interval", type=click.FloatRange(min=0), help="Seconds between readings [5]; 0: as fast as the link allows."),
+        click.option("--count", type=click.IntRange(min=1), help="Stop once N readings are acknowledged."),
+        click.option("--qos", type=click.Choice(["0", "1"]), help="MQTT QoS [1]."),
+        click.option("--outbox-max", type=click.IntRange(min=1), help="Readings the outbox holds at most [100000]."),
+        click.option("--outbox-full", type=click.Choice(FULL_POLICIES), help="When the outbox is full [drop-oldest]."),
+        click.option("--inflight", type=click.IntRange(1, 65_000), help="Publishes awaiting PUBACK at once [100]."),
+        click.option("--flush-timeout", type=click.FloatRange(min=0), help="Seconds to flush on stop [10]."),
+        click.option("--offline-limit", type=click.FloatRange(min=0), help="Give up (exit 1) after this many seconds unable to reach the broker [0: never]."),
+        click.option("--flow-control/--no-flow-control", default=None, help="awsiot: keep AWS IoT Core's publish limits [on]."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file of settings (see config/device-agent.example.toml)."),
+        click.option("-v", "--verbose", count=True, help="More log lines (-vv: MQTT packets)."),
+        click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+EPILOG = (
+    "Settings come from flags, then DEVICE_AGENT_<NAME> environment variables, then the "
+    "--config file, then defaults. Exit codes: 0 done, 1 a failure the message explains, "
+    "2 a usage error."
+)
+
+
+@click.group(invoke_without_command=True, epilog=EPILOG)
+@click.option("--id", "sensor_id", help="This device's id, e.g. sensor-3 (its certificate's name).")
+@click.option("--sensor", type=click.Choice(SENSORS), help="What to read [simulated].")
+@click.option("--outbox", type=click.Path(path_type=Path), help="Outbox file [~/.local/state/device-agent/ID.outbox.sqlite].")
+@click.option("--seed", type=int, help="simulated: random seed [from the id].")
+@click.option("--pin", help="dht22: the data pin, as a board name [D4].")
+@click.option("--i2c-address", type=str, help="bme280: I2C address [0x76].")
+@agent_options
+@click.pass_context
+def main(ctx: click.Context, sensor_id: str | None, config_file: Path | None, verbose: int, quiet: bool, **flags: Any) -> None:
+    """Read a sensor and publish each reading over MQTT, losing nothing.
+
+    Every reading is written to an on-disk outbox before it is published and removed only
+    when the broker acknowledges it, so readings survive a lost network, a restarted broker,
+    `kill -9` and a power cut.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    setup_logging(verbose, quiet)
+    if sensor_id is None:
+        raise click.UsageError("--id is required, e.g. device-agent --id sensor-3")
+    if flags.get("qos") is not None:
+        flags["qos"] = int(flags["qos"])
+    config = build_config(sensor_id, config_file, flags)
+    try:
+        agent = Agent(config)
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+    log.info(
+        "%s: %s sensor -> %s (%s, QoS %d), outbox %s",
+        config.sensor_id, config.sensor, config.broker, config.transport, config.qos, config.outbox,
+    )
+    (summary,) = run_agents([agent])
+    click.echo(summary.line())
+    if config.count is not None and summary.buffered:
+        raise click.ClickException(
+            f"stopped with {summary.buffered} reading(s) not yet acknowledged; "
+            f"they stay in {config.outbox} and are sent on the next run"
+        )

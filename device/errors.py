@@ -1,0 +1,31 @@
+"""The device package's exceptions: one root, a shallow tree."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error the device agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A setting is missing or wrong; the message names it and where it was read."""
+
+
+class SensorError(AgentError):
+    """A sensor cannot be used at all (missing driver, no such device)."""
+
+
+class SensorReadError(AgentError):
+    """One read failed (a DHT checksum error, a 1-Wire CRC miss); worth retrying."""
+
+
+class BrokerError(AgentError):
+    """The broker refused us for a reason waiting will not fix, or stayed out of reach."""
+
+    def __init__(self, message: str, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class OutboxError(AgentError):
+    """The on-disk outbox cannot be opened or written (disk full, read-only, corrupt)."""

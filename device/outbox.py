@@ -1,0 +1,212 @@
+"""The durable outbox: every reading is on disk before it is published.
+
+A SQLite file per device holds the readings not yet acknowledged by the broker, and the
+counters that must survive a restart (the next `seq`, the last `ts`, how many were dropped).
+WAL with synchronous=FULL makes each committed batch survive `kill -9` and a power cut; the
+agent commits readings in batches, so the cost of an fsync is shared when readings come fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.errors import OutboxError
+from device.payload import Reading
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    payload: bytes
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> OutboxError:
+    text = str(exc)
+    if "disk is full" in text or "disk I/O" in text:
+        hint = "free space on that disk or point --outbox elsewhere"
+    elif "readonly" in text or "read-only" in text:
+        hint = "make it writable or point --outbox elsewhere"
+    elif "unable to open" in text:
+        hint = "check that its folder exists and is writable"
+    else:
+        hint = "move the file aside to start a fresh outbox"
+    return OutboxError(f"outbox {path}: {text}; {hint}")
+
+
+class Outbox:
+    """Unacknowledged readings of one sensor, in `seq` order, bounded to `max_items`."""
+
+    def __init__(
+        self,
+        path: Path,
+        sensor_id: str,
+        max_items: int = 100_000,
+        full_policy: str = "drop-oldest",
+    ) -> None:
+        if full_policy not in ("drop-oldest", "refuse-newest"):
+            raise ValueError(f"full_policy: {full_policy!r}")
+        self.path = path
+        self.sensor_id = sensor_id
+        self.max_items = max_items
+        self.full_policy = full_policy
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # isolation_level=None: we open transactions ourselves, one per batch.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            owner = self._get("sensor_id")
+            if owner is None:
+                self._set("sensor_id", sensor_id)
+            elif owner != sensor_id:
+                raise OutboxError(
+                    f"outbox {path} belongs to sensor {owner!r}, not {sensor_id!r}; "
+                    "give each device its own --outbox"
+                )
+            self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise _explain(path, exc) from None
+        except OSError as exc:
+            raise OutboxError(f"outbox {path}: {exc.strerror}; point --outbox elsewhere") from None
+
+    # -- counters kept with the data -------------------------------------------------------
+
+    def _get(self, key: str) -> str | int | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set(self, key: str, value: str | int) -> None:
+        self._db.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _int(self, key: str) -> int:
+        value = self._get(key)
+        return 0 if value is None else int(value)
+
+    @property
+    def next_seq(self) -> int:
+        return self._int("next_seq")
+
+    @property
+    def dropped(self) -> int:
+        """Readings lost to a full outbox, over the outbox's whole life."""
+        return self._int("dropped")
+
+    def __len__(self) -> int:
+        return self._count
+
+    # -- the three operations --------------------------------------------------------------
+
+    def append(
+        self, measurements: Iterable[Mapping[str, float]], now_ms: int | None = None
+    ) -> list[Pending]:
+        """Store new readings in one transaction and return those that were kept.
+
+        Each gets the next `seq` and a `ts` past the previous one, even when the clock went
+        back (NTP on a Pi that booted without network). A reading refused by a full outbox
+        still uses up its `seq`, so the gap shows in the cloud.
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        kept: list[Pending] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq, last_ts = self.next_seq, self._int("last_ts")
+                dropped = 0
+                count = self._count
+                for values in measurements:
+                    ts = max(now_ms, last_ts + 1)
+                    metrics = {k: v for k, v in values.items() if k != "temperature"}
+                    reading = Reading(self.sensor_id, ts, seq, values["temperature"], metrics)
+                    seq, last_ts = seq + 1, ts
+                    if count >= self.max_items:
+                        dropped += 1
+                        if self.full_policy == "refuse-newest":
+                            continue
+                        oldest = self._db.execute(
+                            "DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox) "
+                            "RETURNING seq"
+                        ).fetchone()
+                        if oldest is not None:
+                            count -= 1
+                            kept = [p for p in kept if p.seq != oldest[0]]
+                    payload = reading.to_payload()
+                    self._db.execute(
+                        "INSERT INTO outbox (seq, payload) VALUES (?, ?)", (reading.seq, payload)
+                    )
+                    count += 1
+                    kept.append(Pending(reading.seq, payload))
+                self._set("next_seq", seq)
+                self._set("last_ts", last_ts)
+                if dropped:
+                    self._set("dropped", self.dropped + dropped)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+        if dropped:
+            log.warning(
+                "outbox full (%d readings): %s %d reading(s); %d dropped so far",
+                self.max_items,
+                "dropped the oldest" if self.full_policy == "drop-oldest" else "refused",
+                dropped,
+                self.dropped,
+            )
+        self._count = count
+        return kept
+
+    def pending(self, after_seq: int = -1, limit: int = 1000) -> list[Pending]:
+        """Unacknowledged readings with seq > after_seq, oldest first."""
+        try:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+        return [Pending(int(seq), bytes(payload)) for seq, payload in rows]
+
+    def remove(self, seqs: Iterable[int]) -> None:
+        """Forget acknowledged readings. Losing this write to a crash only means a resend."""
+        batch = [(s,) for s in seqs]
+        if not batch:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", batch)
+            removed = self._db.total_changes - before
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise _explain(self.path, exc) from None
+        self._count -= removed
+
+    def close(self) -> None:
+        self._db.close()
+

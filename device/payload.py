@@ -1,0 +1,151 @@
+"""Payload v1 and the topics: the contract between devices and the cloud.
+
+`{"v": 1, "sensor_id": "sensor-3", "ts": 1764345600123, "seq": 42, "temperature": 21.37}`
+plus optional numeric metrics. The same module encodes on the device and validates in the
+cloud, so the two sides cannot disagree about what a reading is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from device.errors import AgentError
+
+VERSION = 1
+#: Metrics a reading may carry besides the temperature.
+OPTIONAL_METRICS = ("humidity", "pressure")
+#: AWS IoT Core refuses messages over 128 KiB; a reading is ~100 bytes.
+MAX_PAYLOAD_BYTES = 4096
+#: Thing names on AWS IoT: letters, digits, colon, underscore, hyphen; MQTT wildcards and
+#: slashes would break the topic scheme, so they are refused here too.
+SENSOR_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,128}$")
+
+
+class PayloadError(AgentError):
+    """A message is not a valid payload v1; `reason` is short and stable (for dead letters)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def check_sensor_id(sensor_id: str) -> str:
+    if not isinstance(sensor_id, str) or not SENSOR_ID_RE.match(sensor_id):
+        raise PayloadError(
+            "bad sensor_id",
+            f"{sensor_id!r}: use 1-128 letters, digits, '-', '_' or ':'",
+        )
+    return sensor_id
+
+
+def data_topic(sensor_id: str) -> str:
+    return f"sensors/{check_sensor_id(sensor_id)}/data"
+
+
+def status_topic(sensor_id: str) -> str:
+    return f"sensors/{check_sensor_id(sensor_id)}/status"
+
+
+def _finite_number(name: str, value: Any) -> float:
+    # bool is an int in Python, but `true` is not a temperature.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(f"non-numeric {name}", repr(value))
+    if not math.isfinite(value):
+        raise PayloadError(f"non-finite {name}", repr(value))
+    return float(value)
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"non-integer {name}", repr(value))
+    if value < minimum:
+        raise PayloadError(f"negative {name}", repr(value))
+    return value
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One reading, validated on construction."""
+
+    sensor_id: str
+    ts: int  # epoch milliseconds, strictly increasing per sensor
+    seq: int  # 0, 1, 2, ... per sensor, across restarts
+    temperature: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_sensor_id(self.sensor_id)
+        _whole_number("ts", self.ts, 0)
+        _whole_number("seq", self.seq, 0)
+        object.__setattr__(self, "temperature", _finite_number("temperature", self.temperature))
+        clean = {}
+        for name, value in self.metrics.items():
+            if name not in OPTIONAL_METRICS:
+                raise PayloadError("unknown metric", repr(name))
+            clean[name] = _finite_number(name, value)
+        object.__setattr__(self, "metrics", MappingProxyType(clean))
+
+    @property
+    def topic(self) -> str:
+        return data_topic(self.sensor_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "sensor_id": self.sensor_id,
+            "ts": self.ts,
+            "seq": self.seq,
+            "temperature": self.temperature,
+        }
+        body.update(self.metrics)
+        return body
+
+    def to_payload(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _refuse_constant(name: str) -> float:
+    # json.loads would otherwise accept NaN and Infinity, which are not JSON.
+    raise PayloadError(f"non-finite value", name)
+
+
+def parse_payload(payload: bytes, topic_sensor_id: str | None = None) -> Reading:
+    """Validate a raw message; the topic's sensor id, when given, must match the payload's."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversize payload", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise PayloadError("not UTF-8", str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError("not JSON", str(exc)) from None
+    if not isinstance(body, dict):
+        raise PayloadError("not a JSON object", type(body).__name__)
+    if body.get("v") != VERSION or isinstance(body.get("v"), bool):
+        raise PayloadError("unsupported version", repr(body.get("v")))
+    for key in ("sensor_id", "ts", "seq", "temperature"):
+        if key not in body:
+            raise PayloadError(f"missing {key}")
+    unknown = set(body) - {"v", "sensor_id", "ts", "seq", "temperature", *OPTIONAL_METRICS}
+    if unknown:
+        raise PayloadError("unknown field", ", ".join(sorted(unknown)))
+    sensor_id = body["sensor_id"]
+    if not isinstance(sensor_id, str):
+        raise PayloadError("bad sensor_id", repr(sensor_id))
+    if topic_sensor_id is not None and sensor_id != topic_sensor_id:
+        raise PayloadError(
+            "sensor_id differs from topic", f"{sensor_id!r} published on {topic_sensor_id!r}"
+        )
+    return Reading(
+        sensor_id=sensor_id,
+        ts=body["ts"],
+        seq=body["seq"],
+        temperature=body["temperature"],
+        metrics={name: body[name] for name in OPTIONAL_METRICS if name in body},
+    )

@@ -1,0 +1,48 @@
+"""How readings leave the device: one interface, one module per MQTT client library.
+
+A transport owns its connection and reconnects by itself; the agent hands it messages with
+a token (the reading's seq) and hears back through callbacks when the broker acknowledged
+one, or when the connection came or went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from device.config import AgentConfig
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    #: The broker acknowledged the publish made with this token (PUBACK, or sent for QoS 0).
+    on_ack: Callable[[int], None]
+    #: Connected (True) or lost (False), with a one-line reason for the log.
+    on_connection: Callable[[bool, str], None]
+    #: The transport gave up on this token without delivering it (a QoS 0 publish made
+    #: while disconnected, an operation failed by the client): the agent sends it again.
+    on_failed: Callable[[int], None]
+    #: Something waiting will not fix (TLS refused, not authorized): the agent stops.
+    on_fatal: Callable[[str], None]
+
+
+class Transport(Protocol):
+    def start(self) -> None:
+        """Begin connecting in the background; reconnects until `stop`."""
+
+    def publish(self, topic: str, payload: bytes, qos: int, token: int) -> None:
+        """Hand over a message; its fate comes back as `on_ack` or `on_failed`."""
+
+    def stop(self, timeout: float) -> None:
+        """Publish the retained `offline` status, disconnect and release everything."""
+
+
+def make_transport(config: AgentConfig, callbacks: Callbacks) -> Transport:
+    if config.transport == "awsiot":
+        from device.transport.awsiot import AwsIotTransport
+
+        return AwsIotTransport(config, callbacks)
+    from device.transport.paho import PahoTransport
+
+    return PahoTransport(config, callbacks)

@@ -1,0 +1,224 @@
+"""The paho-mqtt transport: MQTT 5 over TCP or mutual TLS, to Mosquitto or AWS IoT Core.
+
+paho keeps unacknowledged QoS 1 publishes in memory and resends them after a reconnect, so
+within one process nothing needs resending by the agent; the outbox covers restarts.
+The network loop is ours rather than `loop_forever`'s, for backoff with jitter and to tell
+errors worth retrying from those that are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device.backoff import Backoff
+from device.config import AgentConfig
+from device.payload import status_topic
+from device.transport import Callbacks
+
+log = logging.getLogger(__name__)
+
+#: The broker keeps our session (and our unacknowledged publishes) this long while we are away.
+SESSION_EXPIRY_SECONDS = 3600
+KEEPALIVE_SECONDS = 30
+#: CONNACK / PUBACK reason codes that retrying cannot fix.
+_FATAL_REASONS = {
+    "Bad user name or password",
+    "Not authorized",
+    "Client identifier not valid",
+    "Banned",
+    "Bad authentication method",
+    "Topic Name invalid",
+    "Payload format invalid",
+    "Unsupported Protocol Version",
+}
+
+
+class PahoTransport:
+    def __init__(self, config: AgentConfig, callbacks: Callbacks) -> None:
+        self._config = config
+        self._callbacks = callbacks
+        self._status_topic = status_topic(config.sensor_id)
+        self._lock = threading.Lock()  # never held while calling into paho (see _on_publish)
+        self._tokens: dict[int, int] = {}  # paho mid -> our token
+        self._early: dict[int, ReasonCode] = {}  # mids answered before publish() returned
+        self._status_mids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff()
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.sensor_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        if config.tls is not None:
+            client.tls_set(
+                ca_certs=str(config.tls.ca),
+                certfile=str(config.tls.cert),
+                keyfile=str(config.tls.key),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        elif config.broker.tls:
+            client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(self._status_topic, b"offline", qos=1, retain=True)
+        client.max_inflight_messages_set(config.inflight)
+        client.max_queued_messages_set(0)  # the agent bounds what it hands over
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+
+    # -- the agent's side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"paho-{self._config.sensor_id}", daemon=True
+        )
+        self._thread.start()
+
+    def publish(self, topic: str, payload: bytes, qos: int, token: int) -> None:
+        info = self._client.publish(topic, payload, qos=qos)
+        if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # paho does not keep QoS 0 messages it could not write.
+            self._callbacks.on_failed(token)
+            return
+        with self._lock:
+            reason = self._early.pop(info.mid, None)
+            if reason is None:
+                self._tokens[info.mid] = token
+        if reason is not None:
+            self._resolve(token, reason)
+
+    def stop(self, timeout: float) -> None:
+        if self._client.is_connected():
+            info = self._client.publish(self._status_topic, b"offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=min(timeout, 5.0))
+            except (RuntimeError, ValueError):
+                pass  # not connected any more: the broker sends our will instead
+            self._client.disconnect()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the network loop ------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        self._client.connect(
+            self._config.broker.host,
+            self._config.broker.port,
+            keepalive=KEEPALIVE_SECONDS,
+            clean_start=False,
+            properties=props,
+        )
+
+    def _run(self) -> None:
+        broker = self._config.broker
+        while not self._stop.is_set():
+            try:
+                self._connect()
+            except ssl.SSLCertVerificationError as exc:
+                self._callbacks.on_fatal(
+                    f"broker {broker}: its certificate failed verification against "
+                    f"{self._config.tls.ca if self._config.tls else 'the system CAs'} "
+                    f"({exc.verify_message}); check --ca and the broker's host name"
+                )
+                return
+            except ssl.SSLError as exc:
+                # A handshake the broker aborted: most often our certificate is not
+                # trusted there (revoked, another CA, expired). Retry: it may be a blip.
+                self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
+                continue
+            except (OSError, socket.timeout) as exc:
+                self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
+                continue
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.5)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if not self._stop.is_set():
+                self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
+        # Let the DISCONNECT we queued in stop() go out.
+        self._client.loop(timeout=0.1)
+
+    def _lost(self, reason: str) -> None:
+        self._callbacks.on_connection(False, reason)
+        delay = self._backoff.next_delay()
+        log.info("%s; retrying in %.1fs", reason, delay)
+        self._stop.wait(delay)
+
+    # -- paho's callbacks, on the network thread -------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            message = f"broker {self._config.broker} refused the connection: {reason}"
+            if str(reason) in _FATAL_REASONS:
+                self._callbacks.on_fatal(
+                    message + f" (is this device's certificate made for {self._config.sensor_id!r}?)"
+                )
+                self._stop.set()
+            return
+        self._backoff.reset()
+        info = client.publish(self._status_topic, b"online", qos=1, retain=True)
+        self._status_mids.add(info.mid)
+        self._callbacks.on_connection(
+            True, f"connected to {self._config.broker} (session present: {flags.session_present})"
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not self._stop.is_set():
+            self._callbacks.on_connection(False, f"disconnected from {self._config.broker}: {reason}")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # paho calls this holding its message lock, and publish() takes that lock: so this
+        # must not wait for anything publish() holds. Our lock is never held around paho.
+        with self._lock:
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+                return
+            token = self._tokens.pop(mid, None)
+            if token is None:
+                self._early[mid] = reason
+                return
+        self._resolve(token, reason)
+
+    def _resolve(self, token: int, reason: ReasonCode) -> None:
+        if reason.is_failure:
+            self._callbacks.on_fatal(
+                f"broker {self._config.broker} refused a publish: {reason} "
+                f"(may certificate {self._config.sensor_id!r} publish on its topic?)"
+            )
+            return
+        self._callbacks.on_ack(token)

@@ -1,0 +1,101 @@
+"""Fixtures shared by every test folder: a local CA, and Mosquitto brokers on free ports."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from cloud.local.ports import free_port
+from cloud.local_ca import Identity, LocalCA
+from tests.mqtt import Subscriber
+
+
+class Pki:
+    """A CA for the test session, and certificates made on demand (cached by name)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = LocalCA.create(root / "ca")
+        self.server = self.ca.issue("localhost", root / "server", server_names=("127.0.0.1", "localhost"))
+        self._issued: dict[str, Identity] = {}
+
+    def device(self, name: str) -> Identity:
+        if name not in self._issued:
+            self._issued[name] = self.ca.issue(name, self.root / "devices" / name)
+        return self._issued[name]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+BrokerFactory = Callable[..., Mosquitto]
+
+
+@pytest.fixture
+def start_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFactory]:
+    """Start brokers of this test's own; all are stopped when the test ends."""
+    started: list[Mosquitto] = []
+
+    def start(port: int | None = None, launch: bool = True, **kwargs: object) -> Mosquitto:
+        config = MosquittoConfig(
+            folder=tmp_path_factory.mktemp("mosquitto"),
+            port=port or free_port(),
+            ca=pki.ca.cert_path,
+            cert=pki.server.cert,
+            key=pki.server.key,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        broker = Mosquitto(config)
+        started.append(broker)
+        if launch:
+            broker.start()
+        return broker
+
+    yield start
+    for broker in started:
+        broker.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker for tests that do not stop it; each test uses its own device ids."""
+    config = MosquittoConfig(
+        folder=tmp_path_factory.mktemp("shared-mosquitto"),
+        port=free_port(),
+        ca=pki.ca.cert_path,
+        cert=pki.server.cert,
+        key=pki.server.key,
+    )
+    broker = Mosquitto(config)
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def device_id(request: pytest.FixtureRequest) -> str:
+    """A sensor id no other test uses, so topics and sessions never collide."""
+    return f"t{next(_ids)}-{request.node.name[:40].replace('[', '-').replace(']', '')}".replace("_", "-")
+
+
+@pytest.fixture
+def subscribe(pki: Pki) -> Iterator[Callable[..., Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(port: int, topics: tuple[str, ...] = ("sensors/+/data",), name: str = "ingest") -> Subscriber:
+        sub = Subscriber(port, pki.device(name), topics, client_id=f"sub-{len(subs)}-{id(subs)}")
+        subs.append(sub)
+        return sub.start()
+
+    yield make
+    for sub in subs:
+        sub.stop()
