@@ -30,7 +30,8 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def run_agents(agents: list[Agent]) -> list[Summary]:
-    """Run agents on worker threads; SIGINT/SIGTERM stop them cleanly (they flush first).
+    """Run agents on worker threads and print each one's tally; SIGINT/SIGTERM stop them
+    cleanly (they flush first).
 
     The main thread only waits, so the signal handler never interrupts an agent mid-write.
     """
@@ -58,10 +59,11 @@ def run_agents(agents: list[Agent]) -> list[Summary]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    # The tally is printed even when an agent failed: it says what was kept for later.
+    for agent in agents:
+        click.echo(agent.summary.line())
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
-        for agent in agents:
-            agent.stop()
         first = errors[0]
         if isinstance(first, AgentError):
             raise click.ClickException(str(first))
@@ -158,7 +160,6 @@ def main(ctx: click.Context, sensor_id: str | None, config_file: Path | None, ve
         config.sensor_id, config.sensor, config.broker, config.transport, config.qos, config.outbox,
     )
     (summary,) = run_agents([agent])
-    click.echo(summary.line())
     if config.count is not None and summary.buffered:
         raise click.ClickException(
             f"stopped with {summary.buffered} reading(s) not yet acknowledged; "

@@ -11,7 +11,13 @@ import pytest
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
-from tests.mqtt import Subscriber
+from tests.mqtt import Subscriber, reap_children
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_children() -> Iterator[None]:
+    yield
+    reap_children()
 
 
 class Pki:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -100,10 +101,24 @@ def agent_command(*args: str) -> list[str]:
 def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The real `device-agent` entry point, as a child process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         agent_command(*args), cwd=REPO, env=full_env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    CHILDREN.append(proc)
+    return proc
+
+
+#: Every child a test started, so a failed test leaves no stray process behind.
+CHILDREN: list[subprocess.Popen[str]] = []
+
+
+def reap_children() -> None:
+    while CHILDREN:
+        proc = CHILDREN.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -117,3 +132,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL, as a power cut would: no handler runs, no flush."""
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()

@@ -5,20 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from device.payload import parse_payload
-from tests.conftest import Pki
 from tests.mqtt import finish, start_agent
 
 
-def tls_args(pki: Pki, name: str) -> list[str]:
-    ident = pki.device(name)
-    return ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(ident.ca)]
-
-
-def test_fifty_readings_arrive_as_payload_v1_in_order(pki, shared_broker, subscribe, device_id, tmp_path: Path):
+def test_fifty_readings_arrive_as_payload_v1_in_order(tls_args, shared_broker, subscribe, device_id, tmp_path: Path):
     sub = subscribe(shared_broker.config.port)
     proc = start_agent(
         "--id", device_id, "--broker", f"mqtts://127.0.0.1:{shared_broker.config.port}",
-        *tls_args(pki, device_id), "--count", "50", "--interval", "0",
+        *tls_args(device_id), "--count", "50", "--interval", "0",
         "--outbox", str(tmp_path / "outbox.sqlite"),
     )
     code, out, err = finish(proc)

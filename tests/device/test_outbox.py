@@ -1,0 +1,82 @@
+"""The outbox: order, bounds, and what survives a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.errors import OutboxError
+from device.outbox import Outbox
+
+
+def temps(*values: float) -> list[dict[str, float]]:
+    return [{"temperature": v} for v in values]
+
+
+def test_seq_and_ts_continue_across_reopen_even_when_the_clock_goes_back(tmp_path: Path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, "s1")
+    first = box.append(temps(1, 2, 3), now_ms=1_000_000)
+    box.close()
+    box = Outbox(path, "s1")
+    # The clock went back a minute (NTP correcting a Pi that booted offline).
+    later = box.append(temps(4), now_ms=940_000)
+    stored = [json.loads(p.payload) for p in box.pending()]
+    assert [p.seq for p in first + later] == [0, 1, 2, 3]
+    assert [r["ts"] for r in stored] == [1_000_000, 1_000_001, 1_000_002, 1_000_003]
+
+
+def test_removed_readings_are_not_pending_and_the_rest_stay_in_order(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", "s1")
+    box.append(temps(*range(5)))
+    box.remove([0, 2])
+    assert [p.seq for p in box.pending()] == [1, 3, 4]
+    assert [p.seq for p in box.pending(after_seq=1, limit=1)] == [3]
+    assert len(box) == 3
+
+
+def test_full_outbox_drops_the_oldest_and_counts_it(tmp_path: Path, caplog):
+    box = Outbox(tmp_path / "o.sqlite", "s1", max_items=3, full_policy="drop-oldest")
+    box.append(temps(*range(5)))
+    assert [p.seq for p in box.pending()] == [2, 3, 4]
+    assert box.dropped == 2
+    assert "outbox full" in caplog.text
+
+
+def test_full_outbox_refuses_the_newest_and_the_gap_shows_in_seq(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", "s1", max_items=3, full_policy="refuse-newest")
+    kept = box.append(temps(*range(5)))
+    assert [p.seq for p in kept] == [0, 1, 2]
+    box.remove([0])
+    assert [p.seq for p in box.append(temps(9))] == [5]
+    assert box.dropped == 2
+
+
+def test_an_outbox_belongs_to_one_sensor(tmp_path: Path):
+    Outbox(tmp_path / "o.sqlite", "s1").close()
+    with pytest.raises(OutboxError, match="belongs to sensor 's1', not 's2'"):
+        Outbox(tmp_path / "o.sqlite", "s2")
+
+
+def test_a_committed_append_survives_a_process_killed_right_after(tmp_path: Path):
+    path = tmp_path / "o.sqlite"
+    code = (
+        "import os, sys; from pathlib import Path; from device.outbox import Outbox;"
+        f"b = Outbox(Path({str(path)!r}), 's1');"
+        "b.append([{'temperature': 20.5}] * 10);"
+        "os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -9
+    assert [p.seq for p in Outbox(path, "s1").pending()] == list(range(10))
+
+
+def test_an_outbox_path_that_cannot_be_made_gives_a_clear_error(tmp_path: Path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(OutboxError, match=r"point --outbox elsewhere"):
+        Outbox(not_a_folder / "o.sqlite", "s1")

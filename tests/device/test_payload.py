@@ -1,0 +1,49 @@
+"""Payload v1: what is accepted, and the reason given for what is not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from device.payload import PayloadError, Reading, parse_payload
+
+
+def test_round_trip_keeps_every_field():
+    r = Reading("sensor-3", 1764345600123, 42, 21.37, {"humidity": 40.5})
+    assert json.loads(r.to_payload()) == {
+        "v": 1, "sensor_id": "sensor-3", "ts": 1764345600123, "seq": 42,
+        "temperature": 21.37, "humidity": 40.5,
+    }
+    assert parse_payload(r.to_payload(), "sensor-3") == r
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"[1]", "not a JSON object"),
+        (b'{"v":2,"sensor_id":"s","ts":1,"seq":0,"temperature":1}', "unsupported version"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0}', "missing temperature"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":"hot"}', "non-numeric temperature"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":NaN}', "non-finite value"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":Infinity}', "non-finite value"),
+        (b'{"v":1,"sensor_id":"s","ts":1.5,"seq":0,"temperature":1}', "non-integer ts"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":-1,"temperature":1}', "negative seq"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":true}', "non-numeric temperature"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"colour":2}', "unknown field"),
+        (b'{"v":1,"sensor_id":"other","ts":1,"seq":0,"temperature":1}', "sensor_id differs from topic"),
+        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"pad":"' + b"x" * 5000 + b'"}', "oversize payload"),
+    ],
+)
+def test_invalid_payloads_are_rejected_with_a_reason(payload: bytes, reason: str):
+    with pytest.raises(PayloadError) as info:
+        parse_payload(payload, "s")
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("sensor_id", ["", "a/b", "a+", "#", "x" * 129, "sensor 3"])
+def test_sensor_ids_that_would_break_topics_are_refused(sensor_id: str):
+    with pytest.raises(PayloadError, match="bad sensor_id"):
+        Reading(sensor_id, 1, 0, 20.0)
