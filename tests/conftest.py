@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from cloud.aws import Endpoint
+from cloud.local.moto import MotoServer
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
+from cloud.table import create_table
 from tests.mqtt import Subscriber, reap_children
 
 
@@ -105,3 +108,28 @@ def subscribe(pki: Pki) -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in subs:
         sub.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's server mode on a free port: the local AWS endpoint for the whole session."""
+    server = MotoServer(free_port(), tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws(moto_server: MotoServer) -> Endpoint:
+    return Endpoint.local(moto_server.port)
+
+
+_tables = itertools.count()
+
+
+@pytest.fixture
+def table(aws: Endpoint) -> str:
+    """A SensorData-shaped table of this test's own."""
+    name = f"SensorData-{next(_tables)}"
+    create_table(aws.client("dynamodb"), name)
+    return name

@@ -1,0 +1,68 @@
+"""The IoT rule, defined once: the SQL deployed to AWS IoT and the mapping `cloud ingest` runs.
+
+Both are generated from `COLUMNS`, so the deployed rule and the local bridge cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cloud.table import number
+from device.payload import PayloadError, parse_payload
+
+TOPIC_FILTER = "sensors/+/data"
+
+
+@dataclass(frozen=True)
+class Column:
+    attribute: str  # the item's attribute in SensorData
+    source: str  # the payload field, or an IoT SQL function of the topic
+    kind: str  # DynamoDB type: "S" or "N"
+    required: bool = True
+
+
+COLUMNS = (
+    # The identity comes from the topic, which the broker's ACL / IoT policy ties to the
+    # device's certificate; the payload's sensor_id is only checked against it.
+    Column("SensorId", "topic(2)", "S"),
+    Column("CurrentTime", "ts", "N"),
+    Column("Temperature", "temperature", "N"),
+    Column("Seq", "seq", "N"),
+    Column("Humidity", "humidity", "N", required=False),
+    Column("Pressure", "pressure", "N", required=False),
+)
+
+
+def rule_sql() -> str:
+    """The topic rule's SQL (version 2016-03-23)."""
+    selected = ", ".join(f"{c.source} AS {c.attribute}" for c in COLUMNS)
+    return f"SELECT {selected} FROM '{TOPIC_FILTER}' WHERE v = 1"
+
+
+def topic_sensor_id(topic: str) -> str:
+    """`topic(2)`: the second level of `sensors/<id>/data`."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != "sensors" or parts[2] != "data":
+        raise PayloadError("unexpected topic", topic)
+    return parts[1]
+
+
+def to_item(topic: str, payload: bytes) -> dict[str, Any]:
+    """The DynamoDB item the rule writes for this message; PayloadError says why not."""
+    sensor_id = topic_sensor_id(topic)
+    reading = parse_payload(payload, sensor_id)
+    fields: dict[str, Any] = {
+        "topic(2)": sensor_id,
+        "ts": reading.ts,
+        "temperature": reading.temperature,
+        "seq": reading.seq,
+        **reading.metrics,
+    }
+    item: dict[str, Any] = {}
+    for column in COLUMNS:
+        if column.source not in fields:
+            continue
+        value = fields[column.source]
+        item[column.attribute] = {column.kind: value if column.kind == "S" else number(value)}
+    return item

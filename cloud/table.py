@@ -1,0 +1,135 @@
+"""The `SensorData` table: a time series keyed by sensor (hash) and epoch-ms time (range)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from cloud.errors import PipelineError
+
+
+class StoreError(PipelineError):
+    """The table cannot be created, written or read; `code` is AWS's error code."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+KEY_SCHEMA = [
+    {"AttributeName": "SensorId", "KeyType": "HASH"},
+    {"AttributeName": "CurrentTime", "KeyType": "RANGE"},
+]
+ATTRIBUTES = [
+    {"AttributeName": "SensorId", "AttributeType": "S"},
+    {"AttributeName": "CurrentTime", "AttributeType": "N"},
+]
+
+
+def create_table(ddb: Any, name: str) -> None:
+    """Create the table (on demand) if it does not exist, and wait until it is active."""
+    try:
+        ddb.create_table(
+            TableName=name,
+            KeySchema=KEY_SCHEMA,
+            AttributeDefinitions=ATTRIBUTES,
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise StoreError(f"cannot create table {name}: {exc}", exc.response["Error"]["Code"]) from None
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+def item_count(ddb: Any, name: str) -> int:
+    """Exact count by a Select=COUNT scan (DescribeTable's count is refreshed every ~6 hours)."""
+    total = 0
+    kwargs: dict[str, Any] = {"TableName": name, "Select": "COUNT"}
+    while True:
+        page = ddb.scan(**kwargs)
+        total += int(page["Count"])
+        if "LastEvaluatedKey" not in page:
+            return total
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+@dataclass(frozen=True)
+class Row:
+    sensor_id: str
+    time_ms: int
+    temperature: float
+    seq: int | None
+    metrics: dict[str, float]
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Row:
+        metrics = {
+            k.lower(): float(v["N"])
+            for k, v in item.items()
+            if k in ("Humidity", "Pressure") and "N" in v
+        }
+        return cls(
+            sensor_id=item["SensorId"]["S"],
+            time_ms=int(item["CurrentTime"]["N"]),
+            temperature=float(item["Temperature"]["N"]),
+            seq=int(item["Seq"]["N"]) if "Seq" in item else None,
+            metrics=metrics,
+        )
+
+
+def query_readings(
+    ddb: Any,
+    table: str,
+    sensor_id: str,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    limit: int | None = None,
+    newest_first: bool = True,
+) -> Iterator[Row]:
+    """One sensor's readings in a time range, paginated; the values are query parameters."""
+    condition = "SensorId = :id"
+    values: dict[str, Any] = {":id": {"S": sensor_id}}
+    if since_ms is not None and until_ms is not None:
+        condition += " AND CurrentTime BETWEEN :lo AND :hi"
+        values[":lo"] = {"N": str(since_ms)}
+        values[":hi"] = {"N": str(until_ms)}
+    elif since_ms is not None:
+        condition += " AND CurrentTime >= :lo"
+        values[":lo"] = {"N": str(since_ms)}
+    elif until_ms is not None:
+        condition += " AND CurrentTime <= :hi"
+        values[":hi"] = {"N": str(until_ms)}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": condition,
+        "ExpressionAttributeValues": values,
+        "ScanIndexForward": not newest_first,
+    }
+    returned = 0
+    while True:
+        if limit is not None:
+            kwargs["Limit"] = min(1000, limit - returned)
+        try:
+            page = ddb.query(**kwargs)
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code == "ResourceNotFoundException":
+                raise StoreError(f"table {table} not found; is the stack up?", code) from None
+            raise StoreError(f"query on {table} failed: {exc}", code) from None
+        for item in page["Items"]:
+            yield Row.from_item(item)
+            returned += 1
+            if limit is not None and returned >= limit:
+                return
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def number(value: float | int) -> str:
+    """DynamoDB's N type is a decimal string; repr() of a float round-trips exactly."""
+    return str(Decimal(repr(value))) if isinstance(value, float) else str(value)
