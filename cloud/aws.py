@@ -35,8 +35,10 @@ class Endpoint:
         return self.url is not None and self.url.startswith(("http://127.", "http://localhost"))
 
     def client(self, service: str, **config: Any) -> Any:
-        region = self.region or os.environ.get("AWS_REGION") or os.environ.get(
-            "AWS_DEFAULT_REGION", DEFAULT_REGION
+        region = (
+            self.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION)
         )
         kwargs: dict[str, Any] = {
             "region_name": region,

@@ -41,8 +41,12 @@ def create_table(ddb: Any, name: str) -> None:
         )
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
-            raise StoreError(f"cannot create table {name}: {exc}", exc.response["Error"]["Code"]) from None
-    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+            raise StoreError(
+                f"cannot create table {name}: {exc}", exc.response["Error"]["Code"]
+            ) from None
+    ddb.get_waiter("table_exists").wait(
+        TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
 
 
 def item_count(ddb: Any, name: str) -> int:

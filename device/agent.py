@@ -84,6 +84,11 @@ class Agent:
         self._cursor = -1  # highest seq handed to the transport from the outbox
         self._produced = 0
 
+    def close(self) -> None:
+        """Release the outbox and sensor of an agent that will not run."""
+        self.outbox.close()
+        self.sensor.close()
+
     # -- control from outside (signal handlers, other threads) -----------------------------
 
     def stop(self) -> None:
@@ -176,7 +181,9 @@ class Agent:
                 return self.sensor.read()
             except SensorReadError as exc:
                 self.summary.read_errors += 1
-                log.warning("sensor read failed (attempt %d of %d): %s", attempt, READ_ATTEMPTS, exc)
+                log.warning(
+                    "sensor read failed (attempt %d of %d): %s", attempt, READ_ATTEMPTS, exc
+                )
                 if attempt < READ_ATTEMPTS and self._stopping.wait(self.sensor.retry_delay):
                     break
         return None
@@ -189,7 +196,7 @@ class Agent:
             return
         to_send: list[tuple[int, bytes]] = []
         if self._resend:
-            wanted = set()
+            wanted: set[int] = set()
             while self._resend and len(wanted) < free:
                 wanted.add(heapq.heappop(self._resend))
             # Re-read: a resent reading may have been dropped by a full outbox since.

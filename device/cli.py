@@ -49,7 +49,10 @@ def run_agents(agents: list[Agent]) -> list[Summary]:
             agent.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    threads = [threading.Thread(target=work, args=(i,), name=a.config.sensor_id) for i, a in enumerate(agents)]
+    threads = [
+        threading.Thread(target=work, args=(i,), name=a.config.sensor_id)
+        for i, a in enumerate(agents)
+    ]
     try:
         for t in threads:
             t.start()
@@ -99,19 +102,58 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--broker", help="mqtts://HOST:PORT (TLS) or mqtt://HOST:PORT (plain)."),
         click.option("--cert", type=click.Path(path_type=Path), help="Device certificate (PEM)."),
-        click.option("--key", type=click.Path(path_type=Path), help="Device private key (PEM, mode 0600)."),
-        click.option("--ca", type=click.Path(path_type=Path), help="CA that signed the broker's certificate."),
-        click.option("--transport", type=click.Choice(TRANSPORTS), help="MQTT client library [paho]."),
-        click.option("--interval", type=click.FloatRange(min=0), help="Seconds between readings [5]; 0: as fast as the link allows."),
-        click.option("--count", type=click.IntRange(min=1), help="Stop once N readings are acknowledged."),
+        click.option(
+            "--key", type=click.Path(path_type=Path), help="Device private key (PEM, mode 0600)."
+        ),
+        click.option(
+            "--ca", type=click.Path(path_type=Path), help="CA that signed the broker's certificate."
+        ),
+        click.option(
+            "--transport", type=click.Choice(TRANSPORTS), help="MQTT client library [paho]."
+        ),
+        click.option(
+            "--interval",
+            type=click.FloatRange(min=0),
+            help="Seconds between readings [5]; 0: as fast as the link allows.",
+        ),
+        click.option(
+            "--count", type=click.IntRange(min=1), help="Stop once N readings are acknowledged."
+        ),
         click.option("--qos", type=click.Choice(["0", "1"]), help="MQTT QoS [1]."),
-        click.option("--outbox-max", type=click.IntRange(min=1), help="Readings the outbox holds at most [100000]."),
-        click.option("--outbox-full", type=click.Choice(FULL_POLICIES), help="When the outbox is full [drop-oldest]."),
-        click.option("--inflight", type=click.IntRange(1, 65_000), help="Publishes awaiting PUBACK at once [100]."),
-        click.option("--flush-timeout", type=click.FloatRange(min=0), help="Seconds to flush on stop [10]."),
-        click.option("--offline-limit", type=click.FloatRange(min=0), help="Give up (exit 1) after this many seconds unable to reach the broker [0: never]."),
-        click.option("--flow-control/--no-flow-control", default=None, help="awsiot: keep AWS IoT Core's publish limits [on]."),
-        click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file of settings (see config/device-agent.example.toml)."),
+        click.option(
+            "--outbox-max",
+            type=click.IntRange(min=1),
+            help="Readings the outbox holds at most [100000].",
+        ),
+        click.option(
+            "--outbox-full",
+            type=click.Choice(FULL_POLICIES),
+            help="When the outbox is full [drop-oldest].",
+        ),
+        click.option(
+            "--inflight",
+            type=click.IntRange(1, 65_000),
+            help="Publishes awaiting PUBACK at once [100].",
+        ),
+        click.option(
+            "--flush-timeout", type=click.FloatRange(min=0), help="Seconds to flush on stop [10]."
+        ),
+        click.option(
+            "--offline-limit",
+            type=click.FloatRange(min=0),
+            help="Give up (exit 1) after this many seconds unable to reach the broker [0: never].",
+        ),
+        click.option(
+            "--flow-control/--no-flow-control",
+            default=None,
+            help="awsiot: keep AWS IoT Core's publish limits [on].",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="TOML file of settings (see config/device-agent.example.toml).",
+        ),
         click.option("-v", "--verbose", count=True, help="More log lines (-vv: MQTT packets)."),
         click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr."),
     ]
@@ -130,13 +172,25 @@ EPILOG = (
 @click.group(invoke_without_command=True, epilog=EPILOG)
 @click.option("--id", "sensor_id", help="This device's id, e.g. sensor-3 (its certificate's name).")
 @click.option("--sensor", type=click.Choice(SENSORS), help="What to read [simulated].")
-@click.option("--outbox", type=click.Path(path_type=Path), help="Outbox file [~/.local/state/device-agent/ID.outbox.sqlite].")
+@click.option(
+    "--outbox",
+    type=click.Path(path_type=Path),
+    help="Outbox file [~/.local/state/device-agent/ID.outbox.sqlite].",
+)
 @click.option("--seed", type=int, help="simulated: random seed [from the id].")
 @click.option("--pin", help="dht22: the data pin, as a board name [D4].")
 @click.option("--i2c-address", type=str, help="bme280: I2C address [0x76].")
 @agent_options
 @click.pass_context
-def main(ctx: click.Context, sensor_id: str | None, config_file: Path | None, verbose: int, quiet: bool, **flags: Any) -> None:
+def main(
+    ctx: click.Context,
+    /,
+    sensor_id: str | None,
+    config_file: Path | None,
+    verbose: int,
+    quiet: bool,
+    **flags: Any,
+) -> None:
     """Read a sensor and publish each reading over MQTT, losing nothing.
 
     Every reading is written to an on-disk outbox before it is published and removed only
@@ -157,7 +211,12 @@ def main(ctx: click.Context, sensor_id: str | None, config_file: Path | None, ve
         raise click.ClickException(str(exc)) from None
     log.info(
         "%s: %s sensor -> %s (%s, QoS %d), outbox %s",
-        config.sensor_id, config.sensor, config.broker, config.transport, config.qos, config.outbox,
+        config.sensor_id,
+        config.sensor,
+        config.broker,
+        config.transport,
+        config.qos,
+        config.outbox,
     )
     (summary,) = run_agents([agent])
     if config.count is not None and summary.buffered:
@@ -165,3 +224,71 @@ def main(ctx: click.Context, sensor_id: str | None, config_file: Path | None, ve
             f"stopped with {summary.buffered} reading(s) not yet acknowledged; "
             f"they stay in {config.outbox} and are sent on the next run"
         )
+
+
+@main.command(epilog=EPILOG)
+@click.option(
+    "--devices", type=click.IntRange(1, 1000), required=True, help="How many simulated devices."
+)
+@click.option(
+    "--prefix", default="sensor-", show_default=True, help="Device ids are PREFIX1 .. PREFIXN."
+)
+@click.option(
+    "--certs-dir",
+    type=click.Path(path_type=Path),
+    help="With --broker: a folder of ID/cert.pem, ID/key.pem, ID/ca.pem [certs].",
+)
+@click.option(
+    "--outbox-dir",
+    type=click.Path(path_type=Path),
+    help="A folder for the devices' outboxes [the agent's default].",
+)
+@agent_options
+def simulate(
+    devices: int,
+    prefix: str,
+    certs_dir: Path | None,
+    outbox_dir: Path | None,
+    config_file: Path | None,
+    verbose: int,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Run N simulated devices in one process, each with its own identity and connection.
+
+    As the tutorial's `for n in {1..10}` loop of mock sensors did; a summary line per device.
+    """
+    setup_logging(verbose, quiet)
+    if flags.get("qos") is not None:
+        flags["qos"] = int(flags["qos"])
+    agents: list[Agent] = []
+    try:
+        for n in range(1, devices + 1):
+            device_id = f"{prefix}{n}"
+            per_device = dict(flags, sensor="simulated")
+            if flags.get("broker") and not flags.get("cert"):
+                folder = (certs_dir or Path("certs")) / device_id
+                per_device.update(
+                    cert=folder / "cert.pem", key=folder / "key.pem", ca=folder / "ca.pem"
+                )
+            if outbox_dir is not None:
+                per_device["outbox"] = outbox_dir / f"{device_id}.outbox.sqlite"
+            agents.append(Agent(build_config(device_id, config_file, per_device)))
+    except AgentError as exc:
+        for agent in agents:
+            agent.close()
+        raise click.ClickException(str(exc)) from None
+    except click.ClickException:
+        for agent in agents:
+            agent.close()
+        raise
+    log.info("%d simulated devices -> %s", devices, agents[0].config.broker)
+    summaries = run_agents(agents)
+    total = Summary(f"{devices} devices")
+    for s in summaries:
+        total.published += s.published
+        total.acknowledged += s.acknowledged
+        total.buffered += s.buffered
+        total.dropped += s.dropped
+        total.read_errors += s.read_errors
+    click.echo(total.line())

@@ -107,7 +107,9 @@ class AgentConfig:
                 "(or run `cloud provision --id ID` and use the files it prints)"
             )
         if self.transport == "awsiot" and self.tls is None:
-            raise ConfigError("--transport awsiot needs mutual TLS: mqtts:// with --cert/--key/--ca")
+            raise ConfigError(
+                "--transport awsiot needs mutual TLS: mqtts:// with --cert/--key/--ca"
+            )
 
 
 def default_outbox(sensor_id: str) -> Path:
@@ -257,7 +259,9 @@ def load_config(
     if tls_given:
         missing = [f"--{n}" for n in ("cert", "key", "ca") if n not in values]
         if missing:
-            raise ConfigError(f"mutual TLS needs --cert, --key and --ca; missing {', '.join(missing)}")
+            raise ConfigError(
+                f"mutual TLS needs --cert, --key and --ca; missing {', '.join(missing)}"
+            )
         tls = TlsFiles(values["cert"][0], values["key"][0], values["ca"][0])
 
     plain = {k: v[0] for k, v in values.items() if k not in ("broker", "cert", "key", "ca")}

@@ -209,4 +209,3 @@ class Outbox:
 
     def close(self) -> None:
         self._db.close()
-

@@ -112,7 +112,7 @@ class Reading:
 
 def _refuse_constant(name: str) -> float:
     # json.loads would otherwise accept NaN and Infinity, which are not JSON.
-    raise PayloadError(f"non-finite value", name)
+    raise PayloadError("non-finite value", name)
 
 
 def parse_payload(payload: bytes, topic_sensor_id: str | None = None) -> Reading:

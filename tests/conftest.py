@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.local.moto import MotoServer
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
 from cloud.table import create_table
@@ -29,7 +29,9 @@ class Pki:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ca = LocalCA.create(root / "ca")
-        self.server = self.ca.issue("localhost", root / "server", server_names=("127.0.0.1", "localhost"))
+        self.server = self.ca.issue(
+            "localhost", root / "server", server_names=("127.0.0.1", "localhost")
+        )
         self._issued: dict[str, Identity] = {}
 
     def device(self, name: str) -> Identity:
@@ -93,14 +95,18 @@ _ids = itertools.count()
 @pytest.fixture
 def device_id(request: pytest.FixtureRequest) -> str:
     """A sensor id no other test uses, so topics and sessions never collide."""
-    return f"t{next(_ids)}-{request.node.name[:40].replace('[', '-').replace(']', '')}".replace("_", "-")
+    return f"t{next(_ids)}-{request.node.name[:40].replace('[', '-').replace(']', '')}".replace(
+        "_", "-"
+    )
 
 
 @pytest.fixture
 def subscribe(pki: Pki) -> Iterator[Callable[..., Subscriber]]:
     subs: list[Subscriber] = []
 
-    def make(port: int, topics: tuple[str, ...] = ("sensors/+/data",), name: str = "ingest") -> Subscriber:
+    def make(
+        port: int, topics: tuple[str, ...] = ("sensors/+/data",), name: str = "ingest"
+    ) -> Subscriber:
         sub = Subscriber(port, pki.device(name), topics, client_id=f"sub-{len(subs)}-{id(subs)}")
         subs.append(sub)
         return sub.start()

@@ -48,15 +48,26 @@ class Subscriber:
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5)
-        c.tls_set(str(self.identity.ca), str(self.identity.cert), str(self.identity.key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        c.tls_set(
+            str(self.identity.ca),
+            str(self.identity.cert),
+            str(self.identity.key),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
         c.reconnect_delay_set(0.05, 0.5)
         c.on_connect = self._on_connect
         c.on_subscribe = lambda *a: self._subscribed.set()
         c.on_message = self._on_message
         self._client = c
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if not reason.is_failure:
             client.subscribe([(t, 1) for t in self.topics])
 
@@ -77,7 +88,9 @@ class Subscriber:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 30) -> list[Received]:
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 30
+    ) -> list[Received]:
         with self._cond:
             ok = self._cond.wait_for(lambda: predicate(self.messages), timeout)
             assert ok, f"timed out; got {len(self.messages)} message(s)"
@@ -90,7 +103,10 @@ class Subscriber:
     def wait_readings(self, sensor_id: str, n: int, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until `n` distinct seqs of `sensor_id` arrived; return every copy received."""
         topic = f"sensors/{sensor_id}/data"
-        self.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == topic}) >= n, timeout)
+        self.wait_for(
+            lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == topic}) >= n,
+            timeout,
+        )
         return self.readings(sensor_id)
 
 
@@ -102,8 +118,12 @@ def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
     """The real `device-agent` entry point, as a child process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        agent_command(*args), cwd=REPO, env=full_env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        agent_command(*args),
+        cwd=REPO,
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     CHILDREN.append(proc)
     return proc

@@ -38,6 +38,8 @@ def wait_listening(
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise LocalStackError(f"{what} did not listen on port {port} in {timeout:g}s; see {log_hint}")
+            raise LocalStackError(
+                f"{what} did not listen on port {port} in {timeout:g}s; see {log_hint}"
+            )
         # A connect refused returns at once: pace the retries so we do not spin.
         time.sleep(0.05)

@@ -37,7 +37,9 @@ def import_driver(module: str, sensor: str, package: str) -> ModuleType:
         ) from None
     except (RuntimeError, NotImplementedError, ValueError) as exc:
         # Blinka raises these on a machine that is not a board it knows.
-        raise SensorError(f"sensor {sensor}: {package} cannot run on this machine ({exc})") from None
+        raise SensorError(
+            f"sensor {sensor}: {package} cannot run on this machine ({exc})"
+        ) from None
 
 
 def make_sensor(config: AgentConfig) -> Sensor:

@@ -8,8 +8,8 @@ errors worth retrying from those that are not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import ssl
 import threading
 
@@ -52,6 +52,7 @@ class PahoTransport:
         self._early: dict[int, ReasonCode] = {}  # mids answered before publish() returned
         self._status_mids: set[int] = set()
         self._stop = threading.Event()
+        self._closing = False  # our own DISCONNECT is not a lost connection
         self._thread: threading.Thread | None = None
         self._backoff = Backoff()
 
@@ -99,12 +100,12 @@ class PahoTransport:
             self._resolve(token, reason)
 
     def stop(self, timeout: float) -> None:
+        self._closing = True
         if self._client.is_connected():
             info = self._client.publish(self._status_topic, b"offline", qos=1, retain=True)
-            try:
+            # If the link is gone already, the broker sends our will (`offline`) instead.
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=min(timeout, 5.0))
-            except (RuntimeError, ValueError):
-                pass  # not connected any more: the broker sends our will instead
             self._client.disconnect()
         self._stop.set()
         if self._thread is not None:
@@ -113,7 +114,7 @@ class PahoTransport:
     # -- the network loop ------------------------------------------------------------------
 
     def _connect(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         self._client.connect(
             self._config.broker.host,
@@ -140,7 +141,7 @@ class PahoTransport:
                 # trusted there (revoked, another CA, expired). Retry: it may be a blip.
                 self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
                 continue
-            except (OSError, socket.timeout) as exc:
+            except (TimeoutError, OSError) as exc:
                 self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
                 continue
             while not self._stop.is_set():
@@ -172,7 +173,8 @@ class PahoTransport:
             message = f"broker {self._config.broker} refused the connection: {reason}"
             if str(reason) in _FATAL_REASONS:
                 self._callbacks.on_fatal(
-                    message + f" (is this device's certificate made for {self._config.sensor_id!r}?)"
+                    message
+                    + f" (is this device's certificate made for {self._config.sensor_id!r}?)"
                 )
                 self._stop.set()
             return
@@ -191,8 +193,10 @@ class PahoTransport:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if not self._stop.is_set():
-            self._callbacks.on_connection(False, f"disconnected from {self._config.broker}: {reason}")
+        if not self._closing:
+            self._callbacks.on_connection(
+                False, f"disconnected from {self._config.broker}: {reason}"
+            )
 
     def _on_publish(
         self,

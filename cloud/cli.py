@@ -1,0 +1,283 @@
+"""`cloud`: the command line over the cloud package. Parsing and error reporting only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cloud import target as targets
+from cloud.errors import PipelineError
+from cloud.local import stack
+from cloud.table import Row, item_count, query_readings
+from cloud.timeparse import iso_ms, parse_time_ms
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(func: F) -> F:
+    """Our own errors become one line and exit 1; anything else is a bug and keeps its traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def target_options(func: F) -> F:
+    func = click.option(
+        "--endpoint-url", help="AWS endpoint (e.g. a moto server); also AWS_ENDPOINT_URL."
+    )(func)
+    func = click.option(
+        "--target",
+        type=click.Choice(targets.TARGETS),
+        help="Act on the local stack or AWS [local while one runs here; also CLOUD_TARGET].",
+    )(func)
+    return func
+
+
+@click.group(epilog="Exit codes: 0 success, 1 a failure the message explains, 2 a usage error.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """The cloud side of the sensor pipeline: local stack, ingest, readings."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "paho"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- the local stack ----------------------------------------------------------------------
+
+
+@main.group()
+def local() -> None:
+    """Run the pipeline on this machine: Mosquitto, moto's server and ingest, on loopback."""
+
+
+@local.command("up")
+@click.option(
+    "--mqtt-port", type=click.IntRange(1, 65535), help="Broker port [8883, or a free one]."
+)
+@click.option(
+    "--moto-port", type=click.IntRange(1, 65535), help="moto server port [5000, or a free one]."
+)
+@click.option(
+    "--plaintext-port",
+    type=click.IntRange(1, 65535),
+    help="Also listen without TLS on 127.0.0.1:PORT (off by default).",
+)
+@click.option("--no-ingest", is_flag=True, help="Do not start `cloud ingest`.")
+@reports_errors
+def local_up(
+    mqtt_port: int | None, moto_port: int | None, plaintext_port: int | None, no_ingest: bool
+) -> None:
+    """Start the local stack from this folder; `cloud local down` stops it."""
+    state = stack.up(Path.cwd(), mqtt_port, moto_port, plaintext_port, with_ingest=not no_ingest)
+    click.echo(f"broker   {state.broker_url} (mutual TLS, CA certs/local-ca/ca.pem)")
+    if state.plaintext_port:
+        click.echo(f"         mqtt://127.0.0.1:{state.plaintext_port} (plaintext, loopback only)")
+    click.echo(f"aws      {state.endpoint.url} (moto: table {state.table}, bucket {state.bucket})")
+    for name, path in state.logs.items():
+        click.echo(f"log      {name}: {path}")
+    click.echo("next     device-agent --id sensor-3 --count 100 --interval 0.1")
+
+
+@local.command("down")
+@reports_errors
+def local_down() -> None:
+    """Stop exactly what `cloud local up` started from this folder."""
+    stopped = stack.down(Path.cwd())
+    if stopped:
+        click.echo(f"stopped {', '.join(stopped)}")
+    else:
+        click.echo(f"no local stack runs from {Path.cwd()}; nothing to stop")
+
+
+@main.command("status")
+@target_options
+@reports_errors
+def status(target: str | None, endpoint_url: str | None) -> None:
+    """Say which side commands act on, what runs where, and how many readings the table holds."""
+    chosen = targets.resolve(target, endpoint_url)
+    click.echo(f"target   {chosen.name} ({chosen.why})")
+    if chosen.stack is not None:
+        alive = stack.process_status(chosen.stack)
+        for name, pid in chosen.stack.pids.items():
+            click.echo(f"{name:<8} {'running' if alive.get(name) else 'STOPPED'} (pid {pid})")
+        click.echo(f"broker   {chosen.stack.broker_url}")
+        click.echo(f"aws      {chosen.endpoint.url}")
+    else:
+        click.echo(f"aws      {chosen.endpoint.url or 'AWS (default endpoint)'}")
+    count = item_count(chosen.endpoint.client("dynamodb"), chosen.table)
+    click.echo(f"table    {chosen.table}: {count} item(s)")
+
+
+@local.command("status")
+@click.pass_context
+def local_status(ctx: click.Context) -> None:
+    """The same as `cloud status --target local`."""
+    ctx.invoke(status, target="local", endpoint_url=None)
+
+
+# -- identities ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--id", "device_id", required=True, help="The device id, e.g. sensor-3.")
+@click.option("--force", is_flag=True, help="Replace an existing key and certificate.")
+@reports_errors
+def provision(device_id: str, force: bool) -> None:
+    """Make a device's key and certificate (local CA) under certs/ID/."""
+    from device.payload import PayloadError, check_sensor_id
+
+    try:
+        check_sensor_id(device_id)
+    except PayloadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--id") from None
+    folder = stack.certs_dir(Path.cwd()) / device_id
+    if (folder / "key.pem").exists() and not force:
+        raise click.ClickException(
+            f"{folder / 'key.pem'} already exists; pass --force to replace it "
+            "(the old certificate stops working)"
+        )
+    ident = stack.device_identity(Path.cwd(), device_id, force=force)
+    click.echo(f"wrote {ident.cert}, {ident.key} (0600) and {ident.ca}")
+    state = stack.running_state(Path.cwd())
+    broker = state.broker_url if state else "mqtts://BROKER:8883"
+    click.echo(
+        f"run: device-agent --id {device_id} --broker {broker} "
+        f"--cert {ident.cert} --key {ident.key} --ca {ident.ca}"
+    )
+
+
+# -- the rule's part ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--dead-letter",
+    type=click.Path(path_type=Path),
+    help="JSON-lines file for rejected messages [var/local/dead-letter.jsonl].",
+)
+@click.option(
+    "--client-id",
+    default="cloud-ingest",
+    show_default=True,
+    help="MQTT client id (its session survives restarts).",
+)
+@target_options
+@reports_errors
+def ingest(
+    dead_letter: Path | None, client_id: str, target: str | None, endpoint_url: str | None
+) -> None:
+    """Write each reading from the broker into the table, as the AWS IoT rule does.
+
+    Each message is acknowledged only after its item is written, so a crash loses nothing.
+    """
+    from cloud.ingest import Ingest, IngestSettings
+
+    chosen = targets.resolve(target or "local", endpoint_url)
+    if chosen.stack is None:
+        raise click.ClickException(
+            "on AWS the IoT topic rule does this; `cloud ingest` runs against the local stack"
+        )
+    root = Path(chosen.stack.root)
+    settings = IngestSettings(
+        host="127.0.0.1",
+        port=chosen.stack.mqtt_port,
+        tls=stack.device_identity(root, stack.INGEST_IDENTITY),
+        endpoint=chosen.endpoint,
+        table=chosen.table,
+        dead_letter=dead_letter or stack.state_dir(root) / "dead-letter.jsonl",
+        client_id=client_id,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stats = Ingest(settings).run(stop)
+    click.echo(stats.line())
+
+
+# -- reading the table --------------------------------------------------------------------
+
+
+def _emit(rows: Iterable[Row], fmt: str) -> int:
+    count = 0
+    if fmt == "json":
+        for row in rows:
+            click.echo(
+                json.dumps(
+                    {
+                        "sensor_id": row.sensor_id,
+                        "time": iso_ms(row.time_ms),
+                        "time_ms": row.time_ms,
+                        "temperature": row.temperature,
+                        "seq": row.seq,
+                        **row.metrics,
+                    }
+                )
+            )
+            count += 1
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["sensor_id", "time", "temperature", "seq"])
+        for row in rows:
+            writer.writerow([row.sensor_id, iso_ms(row.time_ms), row.temperature, row.seq])
+            count += 1
+    else:
+        click.echo(f"{'time':<25} {'temperature':>11} {'seq':>8}")
+        for row in rows:
+            seq = "" if row.seq is None else row.seq
+            click.echo(f"{iso_ms(row.time_ms):<25} {row.temperature:>11.2f} {seq:>8}")
+            count += 1
+    return count
+
+
+@main.command()
+@click.option("--id", "sensor_id", required=True, help="The sensor id.")
+@click.option("--since", help="From this time: ISO 8601, epoch ms, or -1h, -7d.")
+@click.option("--until", help="Up to this time (same forms).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many readings.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@target_options
+@reports_errors
+def readings(
+    sensor_id: str,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    fmt: str,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """One sensor's readings from the table, newest first."""
+    since_ms = parse_time_ms(since, "--since") if since else None
+    until_ms = parse_time_ms(until, "--until") if until else None
+    chosen = targets.resolve(target, endpoint_url)
+    rows = query_readings(
+        chosen.endpoint.client("dynamodb"), chosen.table, sensor_id, since_ms, until_ms, limit
+    )
+    if _emit(rows, fmt) == 0:
+        click.echo(f"no readings for {sensor_id!r} in {chosen.table}", err=True)

@@ -1,0 +1,48 @@
+"""Which side a `cloud` command acts on: the local stack, or AWS (DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud.aws import TABLE_NAME, Endpoint
+from cloud.errors import ConfigError
+from cloud.local.stack import StackState, running_state
+
+TARGETS = ("local", "aws")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # "local" or "aws"
+    endpoint: Endpoint
+    table: str
+    stack: StackState | None  # the running local stack, for the local target
+    why: str  # how it was chosen, for `cloud status`
+
+
+def resolve(flag: str | None, endpoint_url: str | None, root: Path | None = None) -> Target:
+    """Flag, then CLOUD_TARGET, then local if a stack runs from this folder, else aws."""
+    root = Path.cwd() if root is None else root
+    state = running_state(root)
+    env = os.environ.get("CLOUD_TARGET")
+    if flag:
+        name, why = flag, "--target"
+    elif env:
+        if env not in TARGETS:
+            raise ConfigError(f"CLOUD_TARGET: {env!r} is not one of local, aws")
+        name, why = env, "CLOUD_TARGET"
+    elif state is not None:
+        name, why = "local", f"a local stack runs from {root}"
+    else:
+        name, why = "aws", "no local stack runs from this folder"
+    table = os.environ.get("SENSOR_TABLE", TABLE_NAME)
+    if name == "local":
+        if state is None:
+            raise ConfigError(
+                f"--target local: no local stack runs from {root}; start it with `cloud local up`"
+            )
+        return Target("local", state.endpoint, state.table, state, why)
+    url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    return Target("aws", Endpoint(url), table, None, why)
