@@ -6,10 +6,15 @@ from cloud.table import item_count, query_readings
 
 
 def put(ddb, table: str, sensor: str, t: int, temp: float) -> None:
-    ddb.put_item(TableName=table, Item={
-        "SensorId": {"S": sensor}, "CurrentTime": {"N": str(t)},
-        "Temperature": {"N": str(temp)}, "Seq": {"N": str(t)},
-    })
+    ddb.put_item(
+        TableName=table,
+        Item={
+            "SensorId": {"S": sensor},
+            "CurrentTime": {"N": str(t)},
+            "Temperature": {"N": str(temp)},
+            "Seq": {"N": str(t)},
+        },
+    )
 
 
 def test_query_returns_one_sensors_range_newest_first_across_pages(aws, table):

@@ -29,9 +29,18 @@ def test_key_readable_by_others_is_refused_with_the_fix(pki, tmp_path: Path, dev
     shutil.copy(ident.key, key)
     os.chmod(key, 0o644)
     code, _, err = run(
-        "--id", device_id, "--broker", "mqtts://127.0.0.1:8883",
-        "--cert", str(ident.cert), "--key", str(key), "--ca", str(ident.ca),
-        "--outbox", str(tmp_path / "o.sqlite"),
+        "--id",
+        device_id,
+        "--broker",
+        "mqtts://127.0.0.1:8883",
+        "--cert",
+        str(ident.cert),
+        "--key",
+        str(key),
+        "--ca",
+        str(ident.ca),
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
     )
     assert code == 1
     line = error_line(err)
@@ -46,7 +55,12 @@ def test_unknown_sensor_flag_is_a_usage_error(tmp_path: Path):
 
 def test_unknown_sensor_from_the_environment_names_the_variable(tmp_path: Path):
     code, _, err = run(
-        "--id", "s1", "--broker", "mqtt://127.0.0.1:1", "--outbox", str(tmp_path / "o.sqlite"),
+        "--id",
+        "s1",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
         env={"DEVICE_AGENT_SENSOR": "thermometer"},
     )
     assert code == 1
@@ -57,8 +71,16 @@ def test_unknown_sensor_from_the_environment_names_the_variable(tmp_path: Path):
 def test_missing_certificate_file_is_named(pki, tmp_path: Path, device_id):
     ident = pki.device(device_id)
     code, _, err = run(
-        "--id", device_id, "--broker", "mqtts://127.0.0.1:8883",
-        "--cert", str(tmp_path / "nope.pem"), "--key", str(ident.key), "--ca", str(ident.ca),
+        "--id",
+        device_id,
+        "--broker",
+        "mqtts://127.0.0.1:8883",
+        "--cert",
+        str(tmp_path / "nope.pem"),
+        "--key",
+        str(ident.key),
+        "--ca",
+        str(ident.ca),
     )
     assert code == 1
     assert f"--cert: file {tmp_path / 'nope.pem'} not found" in error_line(err)
@@ -82,9 +104,19 @@ def test_unreachable_broker_gives_up_after_the_offline_limit_keeping_readings(
 ):
     port = free_port()  # nothing listens there
     code, out, err = run(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id),
-        "--count", "3", "--interval", "0", "--offline-limit", "1",
-        "--outbox", str(tmp_path / "o.sqlite"),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{port}",
+        *tls_args(device_id),
+        "--count",
+        "3",
+        "--interval",
+        "0",
+        "--offline-limit",
+        "1",
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
     )
     assert code == 1
     line = error_line(err)
@@ -102,14 +134,23 @@ def test_broker_with_an_untrusted_certificate_is_refused_at_once(
     args = tls_args(device_id)
     args[args.index("--ca") + 1] = str(other_ca.cert_path)
     code, _, err = run(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{shared_broker.config.port}", *args,
-        "--count", "1", "--outbox", str(tmp_path / "o.sqlite"),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{shared_broker.config.port}",
+        *args,
+        "--count",
+        "1",
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
     )
     assert code == 1
     assert "failed verification" in error_line(err)
 
 
-def test_config_file_values_are_used_and_flags_win(shared_broker, subscribe, tls_args, tmp_path: Path, device_id):
+def test_config_file_values_are_used_and_flags_win(
+    shared_broker, subscribe, tls_args, tmp_path: Path, device_id
+):
     sub = subscribe(shared_broker.config.port)
     args = tls_args(device_id)
     conf = tmp_path / "agent.toml"

@@ -21,8 +21,17 @@ def test_agent_started_with_broker_down_delivers_everything_once_it_is_up(
     broker.stop()
     outbox = tmp_path / "outbox.sqlite"
     agent = start_agent(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{broker.config.port}",
-        *tls_args(device_id), "--count", "20", "--interval", "0", "--outbox", str(outbox),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{broker.config.port}",
+        *tls_args(device_id),
+        "--count",
+        "20",
+        "--interval",
+        "0",
+        "--outbox",
+        str(outbox),
     )
     wait_until(lambda: outbox_rows(outbox) == 20, what="20 readings buffered on disk")
     assert agent.poll() is None, "the agent must wait for the broker, not give up"
@@ -41,9 +50,17 @@ def test_broker_restarted_mid_run_loses_nothing_the_agent_counted_as_sent(
     broker = start_broker()
     sub = subscribe(broker.config.port)
     agent = start_agent(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{broker.config.port}",
-        *tls_args(device_id), "--count", "400", "--interval", "0.005",
-        "--outbox", str(tmp_path / "outbox.sqlite"),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{broker.config.port}",
+        *tls_args(device_id),
+        "--count",
+        "400",
+        "--interval",
+        "0.005",
+        "--outbox",
+        str(tmp_path / "outbox.sqlite"),
     )
     sub.wait_readings(device_id, 50)
     broker.stop()
@@ -61,8 +78,15 @@ def test_agent_killed_and_restarted_resends_without_gap_in_seq(
     sub = subscribe(shared_broker.config.port)
     outbox = tmp_path / "outbox.sqlite"
     args = [
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{shared_broker.config.port}",
-        *tls_args(device_id), "--interval", "0.002", "--outbox", str(outbox),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{shared_broker.config.port}",
+        *tls_args(device_id),
+        "--interval",
+        "0.002",
+        "--outbox",
+        str(outbox),
     ]
     first = start_agent(*args, "--count", "100000")
     sub.wait_readings(device_id, 100)
@@ -80,11 +104,20 @@ def test_agent_killed_and_restarted_resends_without_gap_in_seq(
     assert len(received) >= 150
 
 
-def test_sigterm_flushes_and_prints_the_summary(shared_broker, subscribe, tls_args, device_id, tmp_path: Path):
+def test_sigterm_flushes_and_prints_the_summary(
+    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+):
     sub = subscribe(shared_broker.config.port)
     agent = start_agent(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{shared_broker.config.port}",
-        *tls_args(device_id), "--interval", "0.01", "--outbox", str(tmp_path / "o.sqlite"),
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{shared_broker.config.port}",
+        *tls_args(device_id),
+        "--interval",
+        "0.01",
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
     )
     sub.wait_readings(device_id, 10)
     agent.send_signal(signal.SIGTERM)

@@ -12,8 +12,12 @@ from device.payload import PayloadError, Reading, parse_payload
 def test_round_trip_keeps_every_field():
     r = Reading("sensor-3", 1764345600123, 42, 21.37, {"humidity": 40.5})
     assert json.loads(r.to_payload()) == {
-        "v": 1, "sensor_id": "sensor-3", "ts": 1764345600123, "seq": 42,
-        "temperature": 21.37, "humidity": 40.5,
+        "v": 1,
+        "sensor_id": "sensor-3",
+        "ts": 1764345600123,
+        "seq": 42,
+        "temperature": 21.37,
+        "humidity": 40.5,
     }
     assert parse_payload(r.to_payload(), "sensor-3") == r
 
@@ -33,8 +37,14 @@ def test_round_trip_keeps_every_field():
         (b'{"v":1,"sensor_id":"s","ts":1,"seq":-1,"temperature":1}', "negative seq"),
         (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":true}', "non-numeric temperature"),
         (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"colour":2}', "unknown field"),
-        (b'{"v":1,"sensor_id":"other","ts":1,"seq":0,"temperature":1}', "sensor_id differs from topic"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"pad":"' + b"x" * 5000 + b'"}', "oversize payload"),
+        (
+            b'{"v":1,"sensor_id":"other","ts":1,"seq":0,"temperature":1}',
+            "sensor_id differs from topic",
+        ),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"pad":"' + b"x" * 5000 + b'"}',
+            "oversize payload",
+        ),
     ],
 )
 def test_invalid_payloads_are_rejected_with_a_reason(payload: bytes, reason: str):
