@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from functools import wraps
 from pathlib import Path
@@ -18,7 +19,7 @@ import click
 from cloud import target as targets
 from cloud.errors import PipelineError
 from cloud.local import stack
-from cloud.table import Row, item_count, query_readings
+from cloud.table import Row, item_count, query_readings, summarize
 from cloud.timeparse import iso_ms, parse_time_ms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -281,3 +282,56 @@ def readings(
     )
     if _emit(rows, fmt) == 0:
         click.echo(f"no readings for {sensor_id!r} in {chosen.table}", err=True)
+
+
+@main.command()
+@click.option("--since", help="Only readings from this time: ISO 8601, epoch ms, or -1h, -7d.")
+@click.option(
+    "--wait-for",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="First wait until the table holds at least N readings (ingest may still be writing).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    help="Seconds --wait-for waits.",
+)
+@target_options
+@reports_errors
+def summary(
+    since: str | None,
+    wait_for: int | None,
+    timeout: float,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Per-sensor count, min, avg and max temperature, straight from the table."""
+    since_ms = parse_time_ms(since, "--since") if since else None
+    chosen = targets.resolve(target, endpoint_url)
+    ddb = chosen.endpoint.client("dynamodb")
+    if wait_for is not None:
+        wait_for_items(ddb, chosen.table, wait_for, timeout)
+    stats = summarize(ddb, chosen.table, since_ms)
+    if not stats:
+        raise click.ClickException(f"no readings in {chosen.table}")
+    click.echo(f"{'sensor':<16} {'count':>7} {'min':>8} {'avg':>8} {'max':>8}")
+    for sensor, s in stats.items():
+        click.echo(
+            f"{sensor:<16} {s.count:>7} {s.minimum:>8.2f} {s.average:>8.2f} {s.maximum:>8.2f}"
+        )
+    total = sum(s.count for s in stats.values())
+    click.echo(f"{len(stats)} sensor(s), {total} reading(s)")
+
+
+def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (count := item_count(ddb, table)) < wanted:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"{table} holds {count} of {wanted} reading(s) after {timeout:g}s; "
+                "is `cloud ingest` running? (`cloud status`, and its log)"
+            )
+        time.sleep(0.5)  # a Select=COUNT scan is not free: poll gently

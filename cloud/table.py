@@ -137,3 +137,46 @@ def query_readings(
 def number(value: float | int) -> str:
     """DynamoDB's N type is a decimal string; repr() of a float round-trips exactly."""
     return str(Decimal(repr(value))) if isinstance(value, float) else str(value)
+
+
+@dataclass
+class SensorStats:
+    count: int = 0
+    minimum: float = float("inf")
+    maximum: float = float("-inf")
+    total: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.minimum = min(self.minimum, value)
+        self.maximum = max(self.maximum, value)
+        self.total += value
+
+    @property
+    def average(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+def summarize(ddb: Any, table: str, since_ms: int | None = None) -> dict[str, SensorStats]:
+    """Per-sensor count, min, avg and max by a paginated Scan (a small table; exports and
+    `cloud query` are the way for large ones)."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "SensorId, CurrentTime, Temperature",
+    }
+    if since_ms is not None:
+        kwargs["FilterExpression"] = "CurrentTime >= :since"
+        kwargs["ExpressionAttributeValues"] = {":since": {"N": str(since_ms)}}
+    stats: dict[str, SensorStats] = {}
+    while True:
+        try:
+            page = ddb.scan(**kwargs)
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            raise StoreError(f"scan of {table} failed: {exc}", code) from None
+        for item in page["Items"]:
+            sensor = item["SensorId"]["S"]
+            stats.setdefault(sensor, SensorStats()).add(float(item["Temperature"]["N"]))
+        if "LastEvaluatedKey" not in page:
+            return dict(sorted(stats.items()))
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

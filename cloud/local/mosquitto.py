@@ -105,10 +105,14 @@ class MosquittoConfig:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None,
-    )
+    """The broker binary: $MOSQUITTO_BIN, else `mosquitto` on PATH or in the sbin folders."""
+    chosen = os.environ.get("MOSQUITTO_BIN")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise LocalStackError(f"MOSQUITTO_BIN: {chosen} is not an executable file")
+        return chosen
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    found = shutil.which("mosquitto", path=search)
     if found is None:
         raise LocalStackError(
             "mosquitto is not installed: run `sudo apt-get install mosquitto` (Debian, Ubuntu, "

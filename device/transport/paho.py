@@ -222,7 +222,8 @@ class PahoTransport:
         if reason.is_failure:
             self._callbacks.on_fatal(
                 f"broker {self._config.broker} refused a publish: {reason} "
-                f"(may certificate {self._config.sensor_id!r} publish on its topic?)"
+                f"(is this device's certificate made for {self._config.sensor_id!r}, "
+                "and may it publish there?)"
             )
             return
         self._callbacks.on_ack(token)
