@@ -5,6 +5,7 @@ Both are generated from `COLUMNS`, so the deployed rule and the local bridge can
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ COLUMNS = (
     Column("Seq", "seq", "N"),
     Column("Humidity", "humidity", "N", required=False),
     Column("Pressure", "pressure", "N", required=False),
+    # When the cloud received it (IoT SQL's timestamp()): exports take what arrived since
+    # their last run by this, so readings a device kept offline for hours are not skipped.
+    Column("ReceivedAt", "timestamp()", "N"),
 )
 
 
@@ -49,11 +53,12 @@ def topic_sensor_id(topic: str) -> str:
     return parts[1]
 
 
-def to_item(topic: str, payload: bytes) -> dict[str, Any]:
+def to_item(topic: str, payload: bytes, received_ms: int | None = None) -> dict[str, Any]:
     """The DynamoDB item the rule writes for this message; PayloadError says why not."""
     sensor_id = topic_sensor_id(topic)
     reading = parse_payload(payload, sensor_id)
     fields: dict[str, Any] = {
+        "timestamp()": int(time.time() * 1000) if received_ms is None else received_ms,
         "topic(2)": sensor_id,
         "ts": reading.ts,
         "temperature": reading.temperature,
