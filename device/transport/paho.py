@@ -76,6 +76,11 @@ class PahoTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        # Without loop_start(), paho's publish() writes to the socket from the caller's
+        # thread while our network thread reads it: two threads in one TLS connection
+        # corrupt it ("bad record mac", reconnects, heap errors). With this callback set,
+        # publish() only queues the packet and wakes our loop, which does all the I/O.
+        client.on_socket_register_write = lambda client, userdata, sock: None
         self._client = client
 
     # -- the agent's side ------------------------------------------------------------------
