@@ -182,14 +182,34 @@ def provision(device_id: str, force: bool) -> None:
     show_default=True,
     help="MQTT client id (its session survives restarts).",
 )
+@click.option(
+    "--share-group",
+    default="ingest",
+    show_default=True,
+    help="MQTT 5 shared subscription group, so several ingest processes split the load.",
+)
+@click.option("--no-share-group", is_flag=True, help="Subscribe plainly instead.")
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path),
+    help="Create this file once subscribed (for scripts that wait for ingest).",
+)
 @target_options
 @reports_errors
 def ingest(
-    dead_letter: Path | None, client_id: str, target: str | None, endpoint_url: str | None
+    dead_letter: Path | None,
+    client_id: str,
+    share_group: str,
+    no_share_group: bool,
+    ready_file: Path | None,
+    target: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Write each reading from the broker into the table, as the AWS IoT rule does.
 
     Each message is acknowledged only after its item is written, so a crash loses nothing.
+    Several processes with different --client-id share the load; each must come back after
+    a restart, since the broker keeps its share of messages for it.
     """
     from cloud.ingest import Ingest, IngestSettings
 
@@ -207,12 +227,25 @@ def ingest(
         table=chosen.table,
         dead_letter=dead_letter or stack.state_dir(root) / "dead-letter.jsonl",
         client_id=client_id,
+        share_group=None if no_share_group else share_group,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stats = Ingest(settings).run(stop)
-    click.echo(stats.line())
+    bridge = Ingest(settings)
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)
+
+        def mark_ready() -> None:
+            bridge.ready.wait()
+            ready_file.touch()
+
+        threading.Thread(target=mark_ready, daemon=True).start()
+    try:
+        bridge.run(stop)
+    finally:
+        # The tally also when it stops on an error: it says what was written.
+        click.echo(bridge.stats.line())
 
 
 # -- reading the table --------------------------------------------------------------------
@@ -335,3 +368,6 @@ def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
                 "is `cloud ingest` running? (`cloud status`, and its log)"
             )
         time.sleep(0.5)  # a Select=COUNT scan is not free: poll gently
+
+
+# -- exporting the table ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import LocalStackError
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig, mosquitto_binary
 from cloud.local.moto import MotoServer
-from cloud.local.ports import free_port, port_is_free
+from cloud.local.ports import free_port, port_is_free, wait_for_file
 from cloud.local_ca import Identity, LocalCA
 from cloud.table import create_table
 
@@ -208,9 +208,20 @@ def up(
             log_path = logs / "ingest.log"
             state.logs["ingest"] = str(log_path)
             state.save()  # ingest reads the stack's state to find broker and endpoint
+            ready = sdir / "ingest.ready"
+            ready.unlink(missing_ok=True)
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cloud", "ingest", "--target", "local"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "cloud",
+                        "ingest",
+                        "--target",
+                        "local",
+                        "--ready-file",
+                        str(ready),
+                    ],
                     cwd=root,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -219,6 +230,9 @@ def up(
                 )
             state.pids["ingest"] = proc.pid
             started.append(proc.pid)
+            # Readings published before ingest subscribes would still be queued for its
+            # session, but a first-ever session does not exist yet: wait until it does.
+            wait_for_file(ready, proc, "cloud ingest", str(log_path))
         state.save()
     except BaseException:
         for pid in reversed(started):

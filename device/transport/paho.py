@@ -71,7 +71,8 @@ class PahoTransport:
         elif config.broker.tls:
             client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.will_set(self._status_topic, b"offline", qos=1, retain=True)
-        client.max_inflight_messages_set(config.inflight)
+        # One more than our window: the retained status publish must not queue a reading.
+        client.max_inflight_messages_set(config.inflight + 1)
         client.max_queued_messages_set(0)  # the agent bounds what it hands over
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

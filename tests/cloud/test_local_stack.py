@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 def cloud(folder: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "cloud", *args],
-        cwd=folder, capture_output=True, text=True, timeout=120,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
     return proc.returncode, proc.stdout, proc.stderr

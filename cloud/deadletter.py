@@ -1,0 +1,147 @@
+"""Dead letters: messages the rule refused, kept as JSON lines with their exact bytes.
+
+The AWS IoT rule's error action plays this part on AWS; locally `cloud ingest` appends here.
+One line per message: `{"time", "topic", "reason", "detail", "payload_b64"}`. A line is on
+disk (flushed and fsynced) before the message is acknowledged, so a refused message is
+never lost, only moved here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cloud.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterError(PipelineError):
+    """The dead-letter file cannot be written or read."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    time: str  # ISO 8601, UTC, when ingest refused the message
+    topic: str
+    reason: str  # PayloadError.reason: short and stable, for grouping
+    detail: str
+    payload: bytes  # exactly what the broker delivered
+
+    @classmethod
+    def now(cls, topic: str, reason: str, detail: str, payload: bytes) -> DeadLetter:
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        return cls(stamp, topic, reason, detail, payload)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "time": self.time,
+                "topic": self.topic,
+                "reason": self.reason,
+                "detail": self.detail,
+                "payload_b64": base64.b64encode(self.payload).decode("ascii"),
+            },
+            ensure_ascii=True,  # one line, whatever the topic or detail holds
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> DeadLetter:
+        body: Any = json.loads(line)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        return cls(
+            time=str(body["time"]),
+            topic=str(body["topic"]),
+            reason=str(body["reason"]),
+            detail=str(body.get("detail", "")),
+            payload=base64.b64decode(body["payload_b64"], validate=True),
+        )
+
+
+class DeadLetterFile:
+    """An append-only JSON-lines sink; each `append` returns once the line is durable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    def _open(self) -> IO[bytes]:
+        if self._file is not None:
+            return self._file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            handle = self.path.open("ab")
+            if created:
+                # A new file's name is only durable once its folder is synced too.
+                _fsync_dir(self.path.parent)
+            elif not _ends_with_newline(self.path):
+                # A crash mid-append leaves a torn last line: start ours on a line of its own
+                # so one torn record never swallows the next.
+                handle.write(b"\n")
+        except OSError as exc:
+            raise DeadLetterError(f"cannot open dead-letter file {self.path}: {exc}") from None
+        self._file = handle
+        return handle
+
+    def append(self, letter: DeadLetter) -> None:
+        handle = self._open()
+        try:
+            handle.write(letter.to_json().encode("ascii") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            raise DeadLetterError(f"cannot write dead-letter file {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return True
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_dead_letters(path: Path) -> Iterator[DeadLetter]:
+    """Every dead letter in `path`, oldest first; none if the file does not exist.
+
+    A line that does not parse (a torn write from a crash) is skipped with a warning
+    rather than hiding every letter after it.
+    """
+    try:
+        handle = path.open("r", encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DeadLetterError(f"cannot read dead-letter file {path}: {exc}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield DeadLetter.from_json(line)
+            except (ValueError, KeyError, binascii.Error) as exc:
+                log.warning("%s:%d: skipping unreadable dead letter (%s)", path, number, exc)

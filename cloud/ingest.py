@@ -1,0 +1,536 @@
+"""`cloud ingest` as a library: the AWS IoT topic rule's part, MQTT -> SensorData.
+
+Each message is mapped by `cloud.rule.to_item` (the same definition the deployed rule's SQL
+comes from), written with BatchWriteItem, and acknowledged only after its item is written,
+or after it is on disk as a dead letter. The broker keeps everything unacknowledged, so a
+crash, a lost connection or a table that went away loses nothing: the messages come again
+and the keyed writes make the repeat harmless.
+
+Threads: paho's network loop runs on a thread of ours (so reconnects use our Backoff), and
+the table work on the thread that called `run`, so a slow or throttled table never stalls
+keepalives. PUBACKs are handed back to the network thread to send: with our own loop paho
+writes to the socket from whichever thread calls it, and an SSL socket must not be read and
+written from two threads at once.
+
+Shared subscription and persistent session, as measured on Mosquitto 2.0.11:
+- a sole member of `$share/<group>/...` that is offline still gets every message queued
+  in its session, and receives them when it reconnects with the same client id;
+- unacknowledged messages are resent after a reconnect;
+- with two members, one offline, the broker still deals the offline one its round-robin
+  share (half of the messages): they wait in that member's session until it comes back,
+  and are lost if its session expires first. So every instance needs its own stable client
+  id and must come back; for a single instance a plain subscription (`share_group=None`)
+  behaves the same as a share group of one.
+- the broker honours our Receive Maximum: it never has more unacknowledged QoS 1 messages
+  out to us than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud.aws import Endpoint
+from cloud.deadletter import DeadLetter, DeadLetterFile
+from cloud.errors import ConfigError, PipelineError
+from cloud.local_ca import Identity
+from cloud.rule import TOPIC_FILTER, to_item
+from cloud.table import StoreError
+from device.backoff import Backoff
+from device.payload import PayloadError
+
+log = logging.getLogger(__name__)
+
+#: BatchWriteItem takes at most 25 put requests.
+MAX_BATCH = 25
+KEEPALIVE_SECONDS = 30
+#: How long the network thread sleeps in select() at most: the latency a PUBACK can wait.
+_LOOP_SECONDS = 0.01
+#: Errors DynamoDB answers when it is busy, not when the request is wrong.
+RETRYABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+#: The endpoint cannot be reached at the moment: worth waiting for, like throttling.
+_TRANSIENT_BOTO = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)
+_FATAL_CONNACK = {
+    "Bad user name or password",
+    "Not authorized",
+    "Client identifier not valid",
+    "Banned",
+    "Bad authentication method",
+    "Unsupported Protocol Version",
+}
+_SESSION_TAKEN_OVER = 142
+
+
+class IngestError(PipelineError):
+    """The bridge cannot go on: the broker refuses our certificate, client id or subscription."""
+
+
+class DynamoWriter(Protocol):
+    """The one DynamoDB call ingest makes; a boto3 client, or a wrapper that injects faults."""
+
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    host: str
+    port: int
+    tls: Identity | None  # None: plain MQTT, for a loopback broker only
+    endpoint: Endpoint
+    table: str
+    dead_letter: Path  # JSON lines, see cloud.deadletter
+    client_id: str = "cloud-ingest"  # one per instance: the broker keeps a session per id
+    share_group: str | None = "ingest"  # None: a plain subscription (one instance only)
+    batch_size: int = MAX_BATCH
+    batch_seconds: float = 0.2  # a partial batch is written after this long
+    receive_maximum: int = 500  # unacknowledged messages the broker may send us at once
+    report_every: float = 10.0
+    session_expiry_seconds: int = 86_400  # the broker queues for us this long while we are away
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError(f"batch_size {self.batch_size}: use 1 to {MAX_BATCH}")
+        if self.batch_seconds <= 0:
+            raise ConfigError(f"batch_seconds {self.batch_seconds}: must be > 0")
+        if not 1 <= self.receive_maximum <= 65_535:
+            raise ConfigError(f"receive_maximum {self.receive_maximum}: use 1 to 65535")
+        if self.report_every <= 0:
+            raise ConfigError(f"report_every {self.report_every}: must be > 0")
+        if self.share_group is not None and (
+            not self.share_group or any(c in self.share_group for c in "/+#")
+        ):
+            raise ConfigError(f"share_group {self.share_group!r}: no '/', '+' or '#'")
+
+    @property
+    def topic(self) -> str:
+        if self.share_group is None:
+            return TOPIC_FILTER
+        return f"$share/{self.share_group}/{TOPIC_FILTER}"
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    written: int = 0  # items written (after collapsing duplicates)
+    duplicates: int = 0  # messages collapsed into another of the same key in one batch
+    dead_lettered: int = 0
+    retries: int = 0  # BatchWriteItem calls repeated (throttled, unprocessed items, no link)
+    batches: int = 0
+    connections: int = 0  # successful CONNACKs; more than one means reconnects
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        elapsed = self.seconds or time.monotonic() - self.started
+        rate = self.received / elapsed if elapsed > 0 else 0.0
+        return (
+            f"ingest: received {self.received}, written {self.written}, "
+            f"duplicates {self.duplicates}, dead-lettered {self.dead_lettered}, "
+            f"retries {self.retries}, batches {self.batches}, connections {self.connections} "
+            f"in {elapsed:.1f}s ({rate:.0f} msg/s)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    connection: int  # which connection it came on: its mid means nothing on another
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class _Batch:
+    items: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    messages: list[_Message] = field(default_factory=list)
+    deadline: float = 0.0
+
+    def add(self, key: tuple[str, str], item: dict[str, Any], message: _Message) -> bool:
+        """Add; False when the key was already in the batch (the later item wins)."""
+        fresh = key not in self.items
+        self.items[key] = item
+        self.messages.append(message)
+        return fresh
+
+
+class Ingest:
+    """One bridge process. `run` blocks until `stop` is set or a fatal error."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        ddb: DynamoWriter | None = None,
+        write_backoff: Backoff | None = None,
+        connect_backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        #: Set once the broker has confirmed our subscription (tests and `cloud local up`).
+        self.ready = threading.Event()
+        self._ddb = ddb
+        # DynamoDB asks for retries to start small; the cap keeps a long throttle from
+        # turning into minutes between attempts.
+        self._write_backoff = write_backoff or Backoff(initial=0.05, cap=5.0)
+        self._connect_backoff = connect_backoff or Backoff()
+        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        self._acks: deque[_Message] = deque()  # deque append/popleft are thread-safe
+        self._connection = 0  # bumped by the network thread when a connection is lost
+        self._closing = threading.Event()
+        self._fatal: str | None = None
+        self._client = self._make_client()
+
+    # -- the worker: validate, batch, write, ack ---------------------------------------------
+
+    def run(self, stop: threading.Event) -> IngestStats:
+        """Bridge until `stop` is set; raises StoreError, IngestError or DeadLetterError when
+        it cannot go on (nothing unwritten is acknowledged). `stats` holds the tally either way.
+        One run per Ingest: the MQTT client and its connection count are not reusable."""
+        if self._closing.is_set():
+            raise RuntimeError("Ingest.run may be called once per Ingest")
+        s = self.settings
+        self.stats = IngestStats()
+        ddb = self._ddb if self._ddb is not None else s.endpoint.client("dynamodb")
+        dead = DeadLetterFile(s.dead_letter)
+        network = threading.Thread(target=self._network, name="ingest-mqtt", daemon=True)
+        log.info(
+            "ingest: %s:%d %s -> table %s (client id %s, batch %d / %.2gs, receive maximum %d)",
+            s.host,
+            s.port,
+            s.topic,
+            s.table,
+            s.client_id,
+            s.batch_size,
+            s.batch_seconds,
+            s.receive_maximum,
+        )
+        network.start()
+        try:
+            self._work(stop, ddb, dead)
+        finally:
+            self._closing.set()
+            network.join(10.0)
+            dead.close()
+            self.stats.seconds = time.monotonic() - self.stats.started
+        if self._fatal is not None:
+            raise IngestError(self._fatal)
+        return self.stats
+
+    def _work(self, stop: threading.Event, ddb: DynamoWriter, dead: DeadLetterFile) -> None:
+        s = self.settings
+        batch = _Batch()
+        next_report = time.monotonic() + s.report_every
+        reported = (time.monotonic(), 0)
+        while not stop.is_set() and self._fatal is None:
+            now = time.monotonic()
+            wait = min(0.1, next_report - now)
+            if batch.messages:
+                wait = min(wait, batch.deadline - now)
+            try:
+                message: _Message | None = self._inbox.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                message = None
+            if message is not None:
+                self._take(message, batch, dead)
+            now = time.monotonic()
+            if len(batch.items) >= s.batch_size or (batch.messages and now >= batch.deadline):
+                self._flush(batch, ddb, stop)
+                batch = _Batch()
+            if now >= next_report:
+                reported = self._report(reported)
+                next_report = now + s.report_every
+        if self._fatal is not None:
+            return
+        # What the broker already handed us is in memory: write it now rather than have
+        # it all sent again next time.
+        while True:
+            try:
+                self._take(self._inbox.get_nowait(), batch, dead)
+            except queue.Empty:
+                break
+            if len(batch.items) >= s.batch_size:
+                self._flush(batch, ddb, stop)
+                batch = _Batch()
+        if batch.messages:
+            self._flush(batch, ddb, stop)
+        log.info("%s", self.stats.line())
+
+    def _take(self, message: _Message, batch: _Batch, dead: DeadLetterFile) -> None:
+        self.stats.received += 1
+        try:
+            item = to_item(message.topic, message.payload)
+        except PayloadError as err:
+            dead.append(DeadLetter.now(message.topic, err.reason, str(err), message.payload))
+            self.stats.dead_lettered += 1
+            log.debug("dead letter from %s: %s", message.topic, err)
+            self._acks.append(message)
+            return
+        if not batch.messages:
+            batch.deadline = time.monotonic() + self.settings.batch_seconds
+        key = (item["SensorId"]["S"], item["CurrentTime"]["N"])
+        if not batch.add(key, item, message):
+            # BatchWriteItem refuses two puts of one key in a request; one write of the
+            # reading is all a redelivery needs.
+            self.stats.duplicates += 1
+
+    def _flush(self, batch: _Batch, ddb: DynamoWriter, stop: threading.Event) -> None:
+        """Write the batch, then queue its acks; give up unacked only when stopping."""
+        table = self.settings.table
+        pending: list[dict[str, Any]] = [{"PutRequest": {"Item": i}} for i in batch.items.values()]
+        while pending:
+            try:
+                answer = ddb.batch_write_item(RequestItems={table: pending})
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in RETRYABLE_CODES:
+                    raise _store_error(table, code, exc) from None
+                why = code
+            except _TRANSIENT_BOTO as exc:
+                why = type(exc).__name__
+            except BotoCoreError as exc:
+                raise StoreError(f"cannot write to table {table}: {exc}") from None
+            else:
+                pending = answer.get("UnprocessedItems", {}).get(table, [])
+                if not pending:
+                    break
+                why = f"{len(pending)} unprocessed item(s)"
+            self.stats.retries += 1
+            delay = self._write_backoff.next_delay()
+            log.info("BatchWriteItem on %s: %s; retrying in %.2fs", table, why, delay)
+            if stop.wait(delay):
+                log.warning(
+                    "stopping with %d reading(s) unwritten; not acknowledged, so the broker "
+                    "sends them again next time",
+                    len(batch.messages),
+                )
+                return
+        self._write_backoff.reset()
+        self.stats.batches += 1
+        self.stats.written += len(batch.items)
+        self._acks.extend(batch.messages)
+
+    def _report(self, since: tuple[float, int]) -> tuple[float, int]:
+        now, received = time.monotonic(), self.stats.received
+        rate = (received - since[1]) / max(now - since[0], 1e-9)
+        st = self.stats
+        log.info(
+            "ingest: %.0f msg/s; received %d, written %d, duplicates %d, dead-lettered %d, "
+            "retries %d, batches %d",
+            rate,
+            st.received,
+            st.written,
+            st.duplicates,
+            st.dead_lettered,
+            st.retries,
+            st.batches,
+        )
+        return now, received
+
+    # -- the network thread ----------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        if s.tls is not None:
+            client.tls_set(
+                ca_certs=str(s.tls.ca),
+                certfile=str(s.tls.cert),
+                keyfile=str(s.tls.key),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self) -> None:
+        # paho's Properties.__init__ has no annotations.
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.session_expiry_seconds
+        props.ReceiveMaximum = self.settings.receive_maximum
+        self._client.connect(
+            self.settings.host,
+            self.settings.port,
+            keepalive=KEEPALIVE_SECONDS,
+            clean_start=False,
+            properties=props,
+        )
+
+    def _network(self) -> None:
+        broker = f"{self.settings.host}:{self.settings.port}"
+        try:
+            while not self._closing.is_set() and self._fatal is None:
+                try:
+                    self._connect()
+                except ssl.SSLCertVerificationError as exc:
+                    self._fail(f"broker {broker}: certificate verification failed ({exc})")
+                    break
+                except ssl.SSLError as exc:
+                    self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
+                    continue
+                except OSError as exc:  # socket.timeout included
+                    self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
+                    continue
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                while not self._closing.is_set() and self._fatal is None:
+                    rc = self._client.loop(timeout=_LOOP_SECONDS)
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                    self._send_acks()
+                if self._closing.is_set() or self._fatal is not None:
+                    break
+                self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
+        except Exception as exc:
+            # paho re-raises what a callback raised; without this the worker would wait on
+            # a connection nobody runs any more.
+            log.exception("MQTT network loop failed")
+            self._fail(f"MQTT network loop failed: {exc!r}")
+        finally:
+            self._send_acks()
+            if self._client.is_connected():
+                self._client.disconnect()
+                self._client.loop(timeout=0.1)  # lets the DISCONNECT out
+
+    def _send_acks(self) -> None:
+        while True:
+            try:
+                message = self._acks.popleft()
+            except IndexError:
+                return
+            # A mid is only meaningful on the connection it came on; after a reconnect the
+            # broker resends the message itself, and its (idempotent) write repeats.
+            if message.connection == self._connection and message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+
+    def _lost(self, reason: str) -> None:
+        self._connection += 1  # before reconnect(), so no old mid is acked on the new link
+        self.ready.clear()
+        delay = self._connect_backoff.next_delay()
+        log.warning("%s; retrying in %.1fs", reason, delay)
+        self._closing.wait(delay)
+
+    def _fail(self, message: str) -> None:
+        log.error("%s", message)
+        self._fatal = message
+
+    # -- paho's callbacks, on the network thread -------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        broker = f"{self.settings.host}:{self.settings.port}"
+        if reason.is_failure:
+            if str(reason) in _FATAL_CONNACK:
+                self._fail(
+                    f"broker {broker} refused ingest's connection: {reason} (is the "
+                    "certificate the reader identity the broker's ACL names?)"
+                )
+            else:
+                log.warning("broker %s refused the connection: %s", broker, reason)
+            return
+        self._connect_backoff.reset()
+        self.stats.connections += 1
+        log.info("connected to %s (session present: %s)", broker, flags.session_present)
+        # Subscribing again is harmless when the session kept the subscription, and needed
+        # when the session expired while we were away.
+        client.subscribe(self.settings.topic, qos=1)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            hint = (
+                " (does the broker support shared subscriptions? share_group=None subscribes "
+                "without one)"
+                if self.settings.share_group is not None
+                else ""
+            )
+            self._fail(f"broker refused subscription {self.settings.topic}: {refused[0]}{hint}")
+            return
+        log.info("subscribed to %s", self.settings.topic)
+        self.ready.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.value == _SESSION_TAKEN_OVER:
+            # Two processes with one client id would take the session from each other
+            # forever; the newer one keeps it.
+            self._fail(
+                f"another client connected as {self.settings.client_id!r} and took over "
+                "this session; give each ingest process its own client id"
+            )
+        elif not self._closing.is_set():
+            log.info("disconnected: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            # Not reachable through a conforming broker; dead-lettered, not crashed on.
+            topic = bytes(msg._topic).decode("utf-8", "replace")
+        self._inbox.put(_Message(self._connection, msg.mid, msg.qos, topic, bytes(msg.payload)))
+
+
+def _store_error(table: str, code: str, exc: ClientError) -> StoreError:
+    if code == "ResourceNotFoundException":
+        message = (
+            f"table {table} not found; create it (`cloud local up`, or `cloud deploy`) and "
+            "start ingest again: nothing was acknowledged, the broker keeps the readings"
+        )
+    elif code in ("AccessDeniedException", "UnrecognizedClientException"):
+        message = f"not allowed to write to table {table} ({code}): check the AWS credentials"
+    else:
+        message = f"writing to table {table} failed: {exc}; nothing was acknowledged"
+    return StoreError(message, code)
