@@ -56,7 +56,15 @@ demo: setup
 	echo "== per-sensor summary, from the SensorData table"; \
 	$(VENV)/bin/cloud summary --wait-for 10000; \
 	echo "== the newest readings of sensor-3"; \
-	$(VENV)/bin/cloud readings --id sensor-3 --limit 5
+	$(VENV)/bin/cloud readings --id sensor-3 --limit 5; \
+	echo "== export the table to S3 (moto), as Data Pipeline's JSON lines and as Parquet"; \
+	$(VENV)/bin/cloud export --to s3://sensor-exports/ --format datapipeline --settle 0; \
+	$(VENV)/bin/cloud export --to s3://sensor-exports/ --format parquet --settle 0; \
+	echo "== the tutorial's Athena SQL, unchanged, on DuckDB over the export"; \
+	$(VENV)/bin/cloud query "SELECT sensorid.s AS sensor, count(*) AS readings, round(avg(temperature.n), 2) AS avg_temp FROM sensor_data GROUP BY sensorid.s ORDER BY sensor"; \
+	echo "== cloud query --report summary, over the Parquet export"; \
+	$(VENV)/bin/cloud query --report summary; \
+	$(VENV)/bin/cloud plot --id sensor-1 --id sensor-2 --id sensor-3 --out var/demo/temperature.png
 
 bench: setup
 	$(PY) bench/agent_publish.py

@@ -371,3 +371,224 @@ def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
 
 
 # -- exporting the table ------------------------------------------------------------------
+
+
+@main.command("export")
+@click.option(
+    "--to",
+    "destination",
+    required=True,
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help="A folder, or S3 (on --target local, the local stack's S3).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["datapipeline", "parquet"]),  # cloud.layout.FORMATS
+    default="datapipeline",
+    show_default=True,
+    help="datapipeline: JSON lines the tutorial's Athena table reads; parquet: typed, by day.",
+)
+@click.option(
+    "--since",
+    help="Readings from this time (ISO 8601, epoch ms, -1h, -7d) instead of what is new; "
+    "on an existing export only with --full.",
+)
+@click.option(
+    "--segments",
+    type=click.IntRange(1, 1_000_000),
+    default=4,
+    show_default=True,
+    help="Parallel scan segments, one thread each.",
+)
+@click.option("--full", is_flag=True, help="Export everything, replacing earlier files.")
+@click.option(
+    "--method",
+    type=click.Choice(["scan", "native"]),
+    default="scan",
+    show_default=True,
+    help="native: DynamoDB's own export to S3 (needs point-in-time recovery on the table).",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds; readings received more recently wait for the next run, as their writes "
+    "may still be landing. 0 once ingest has stopped.",
+)
+@target_options
+@reports_errors
+def export(
+    destination: str,
+    fmt: str,
+    since: str | None,
+    segments: int,
+    full: bool,
+    method: str,
+    settle: float,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Copy the table to a folder or S3 for SQL; by default only what is new since last time.
+
+    Files appear whole, and a run counts only once its manifest (under _manifests/) is
+    written, so a failed run can simply be run again.
+    """
+    from cloud import export as exporting
+
+    spec = exporting.ExportSpec(
+        destination=destination,
+        fmt=fmt,
+        method=method,
+        since_ms=parse_time_ms(since, "--since") if since else None,
+        full=full,
+        segments=segments,
+        settle_seconds=settle,
+    )
+    chosen = targets.resolve(target, endpoint_url)
+    result = exporting.run_export(
+        chosen.endpoint, chosen.table, spec, progress=exporting.terminal_progress()
+    )
+    click.echo(result.line())
+
+
+# -- SQL over exports, and plots ----------------------------------------------------------
+
+
+def _query_report_names() -> list[str]:
+    from cloud.reports import REPORTS
+
+    return sorted(REPORTS)
+
+
+_QUERY_DATA_HELP = (
+    "The export: a folder, or s3://BUCKET/PREFIX [on the local stack: its exports bucket]."
+)
+
+
+@main.command()
+@click.argument("sql", required=False)
+@click.option("--data", metavar="DIR|s3://BUCKET/PREFIX", help=_QUERY_DATA_HELP)
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "athena"]),
+    default="duckdb",
+    show_default=True,
+    help="DuckDB in this process, or Athena (S3 only).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--report",
+    type=click.Choice(_query_report_names()),
+    help="A ready-made query instead of SQL.",
+)
+@click.option("--since", help="Reports: from this time (ISO 8601, epoch ms, or -1h, -7d).")
+@click.option("--until", help="Reports: up to this time (same forms).")
+@click.option("--id", "sensor_ids", multiple=True, help="Reports: only this sensor (repeatable).")
+@click.option("--workgroup", help="Athena workgroup [ATHENA_WORKGROUP, or primary].")
+@click.option("--database", help="Athena database [ATHENA_DATABASE, or sensor_pipeline].")
+@click.option(
+    "--athena-output",
+    metavar="s3://BUCKET/PREFIX/",
+    help="Where Athena writes results [ATHENA_OUTPUT, or the workgroup's setting].",
+)
+@target_options
+@reports_errors
+def query(
+    sql: str | None,
+    data: str | None,
+    engine: str,
+    fmt: str,
+    report: str | None,
+    since: str | None,
+    until: str | None,
+    sensor_ids: tuple[str, ...],
+    workgroup: str | None,
+    database: str | None,
+    athena_output: str | None,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Run SQL (or a --report) over an export; `-` reads the SQL from standard input.
+
+    Tables: `sensor_data` (the tutorial's: sensorid.s, currenttime.n, temperature.n) from a
+    datapipeline or DynamoDB export, and `readings` (sensor_id, time, temperature, seq, ...,
+    dt) from a parquet export. Reports: summary, latest, hourly, gaps, series.
+    """
+    from cloud.engines.athena import AthenaSettings
+    from cloud.query import format_result, resolve_target, run_query, run_report
+    from cloud.reports import Window
+
+    if (sql is None) == (report is None):
+        raise click.UsageError("give either SQL or --report NAME")
+    if sql is not None and (sensor_ids or since or until):
+        raise click.UsageError("--id, --since and --until go with --report")
+    where = resolve_target(data, target, endpoint_url)
+    athena = (
+        AthenaSettings.resolve(workgroup, database, athena_output, where.default_athena_output)
+        if engine == "athena"
+        else None
+    )
+    if report is not None:
+        window = Window.parse(sensor_ids, since, until)
+        result = run_report(
+            report, where.data, window, engine, endpoint=where.endpoint, athena=athena
+        )
+    else:
+        text = sys.stdin.read() if sql == "-" else str(sql)
+        result = run_query(text, where.data, engine, endpoint=where.endpoint, athena=athena)
+    for line in format_result(result, fmt):
+        click.echo(line)
+    click.echo(f"{len(result.rows)} row(s) from {where.data} ({engine})", err=True)
+
+
+@main.command()
+@click.option("--id", "sensor_ids", multiple=True, required=True, help="A sensor (repeatable).")
+@click.option("--since", help="From this time: ISO 8601, epoch ms, or -1h, -7d.")
+@click.option("--until", help="Up to this time (same forms).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG file to write.",
+)
+@click.option(
+    "--data",
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help="Plot from this export instead of the table.",
+)
+@click.option("--title", help="The chart's title [Temperature of <ids>].")
+@target_options
+@reports_errors
+def plot(
+    sensor_ids: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    out: Path,
+    data: str | None,
+    title: str | None,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Temperature over time for one or more sensors, as a PNG (from the table, or --data)."""
+    from cloud.plot import render, series_from_export, series_from_table
+    from cloud.query import resolve_target
+    from cloud.reports import Window
+
+    window = Window.parse(sensor_ids, since, until)
+    if data is None:
+        chosen = targets.resolve(target, endpoint_url)
+        series = series_from_table(chosen.endpoint.client("dynamodb"), chosen.table, window)
+    else:
+        where = resolve_target(data, target, endpoint_url)
+        series = series_from_export(where.data, window, where.endpoint)
+    written = render(series, out, title)
+    points = sum(len(p) for p in series.values())
+    click.echo(f"wrote {written} ({points} reading(s) of {len(series)} sensor(s))")
