@@ -1,0 +1,733 @@
+"""The AWS side as one CloudFormation template, built from the project's own definitions.
+
+`build()` returns the template as a dict: the SensorData table, the devices' IoT policy, the
+topic rule (its SQL from `cloud.rule.rule_sql()`), the rule's role, the exports and Athena
+results buckets, the Glue catalog tables over the export layout (`cloud.layout`) and an
+Athena workgroup. `render()` turns it into YAML; the committed file
+`cloud/cloudformation/sensor-pipeline.yaml` is exactly that text, so the file works with
+plain `aws cloudformation deploy --template-file ... --capabilities CAPABILITY_NAMED_IAM`,
+and a test fails when it is stale (`python -m cloud.template` rewrites it).
+
+`Resolver` evaluates the few intrinsic functions the template uses, so checks (and stand-ins
+such as moto, whose CloudFormation skips the topic rule and the Glue resources) can see a
+resource's concrete properties.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud import layout
+from cloud.rule import TOPIC_FILTER, rule_sql
+from cloud.table import ATTRIBUTES, KEY_SCHEMA
+from device.payload import data_topic, status_topic
+
+TEMPLATE_PATH = Path(__file__).resolve().parent / "cloudformation" / "sensor-pipeline.yaml"
+DESCRIPTION = (
+    "sensor-pipeline: SensorData table, AWS IoT policy and topic rule, exports and Athena "
+    "results buckets, Glue catalog and Athena workgroup"
+)
+SQL_VERSION = "2016-03-23"
+#: Where the topic rule's error action keeps messages it could not write (exports bucket).
+#: Outside the data prefixes of `cloud.layout`, so no Athena table ever reads them.
+RULE_ERRORS_PREFIX = "_rule-errors/"
+ATHENA_RESULTS_PREFIX = "results/"
+#: Partition projection on `dt` starts here; readings before it are not seen by Athena.
+PROJECTION_START = "2020-01-01"
+#: The tutorial's `sensor_data` table: struct columns over the Data Pipeline JSON lines.
+#: TODO(schema): take these and the Parquet columns from cloud/schema.py once it exists.
+DATAPIPELINE_COLUMNS = (
+    ("sensorid", "struct<s:string>", "SensorId"),
+    ("currenttime", "struct<n:bigint>", "CurrentTime"),
+    ("temperature", "struct<n:float>", "Temperature"),
+)
+#: The IoT policy variable naming the connected thing (`${!...}` is Fn::Sub's literal form).
+THING_VARIABLE = "${!iot:Connection.Thing.ThingName}"
+_PLACEHOLDER = "thing-name-placeholder"
+
+#: Template parameter defaults ("" means: derive the name from the stack's name).
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "TableName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-zA-Z0-9_.-]{3,255}$",
+        "Description": "DynamoDB table name [<stack name>-SensorData]",
+    },
+    "ExportsBucketName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        "Description": "S3 bucket for exports and rule errors [generated from the stack name]",
+    },
+    "AthenaResultsBucketName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        "Description": "S3 bucket for Athena query results [generated from the stack name]",
+    },
+    "IotPolicyName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-zA-Z0-9+=,.@_-]{1,128}$",
+        "Description": "IoT policy attached to device certificates [<stack name>-device]",
+    },
+    "TopicRuleName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-zA-Z0-9_]{1,128}$",
+        "Description": "IoT topic rule name [<stack name>_sensor_data, '-' as '_']",
+    },
+    "GlueDatabaseName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-z0-9_]{1,255}$",
+        "Description": "Glue database for Athena [<stack name>_sensors, lower case, '-' as '_']",
+    },
+    "WorkGroupName": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-zA-Z0-9._-]{1,128}$",
+        "Description": "Athena workgroup [<stack name>]",
+    },
+    "TtlAttribute": {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^$|^[a-zA-Z0-9_.-]{1,255}$",
+        "Description": (
+            "Item attribute holding an expiry time in epoch seconds; empty turns TTL off "
+            "(the rule writes no such attribute yet)"
+        ),
+    },
+    "AthenaResultsRetentionDays": {
+        "Type": "Number",
+        "Default": 7,
+        "MinValue": 1,
+        "Description": "Days Athena query results are kept",
+    },
+    "BytesScannedCutoffPerQuery": {
+        "Type": "Number",
+        "Default": 1073741824,
+        "MinValue": 10000000,
+        "Description": "Athena cancels a query of this workgroup that scans more bytes",
+    },
+}
+_NAME_PARAMETERS = (
+    "TableName",
+    "ExportsBucketName",
+    "AthenaResultsBucketName",
+    "IotPolicyName",
+    "TopicRuleName",
+    "GlueDatabaseName",
+    "WorkGroupName",
+    "TtlAttribute",
+)
+
+#: What `cloud deploy` reads back; each is also the Output's key.
+OUTPUTS = (
+    "TableName",
+    "ExportsBucket",
+    "AthenaResultsBucket",
+    "WorkGroup",
+    "GlueDatabase",
+    "IotPolicyName",
+    "TopicRuleName",
+    "RuleErrorsLocation",
+)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"Ref": name}
+
+
+def _sub(text: str) -> dict[str, Any]:
+    return {"Fn::Sub": text}
+
+
+def _arn(resource: str, attribute: str = "Arn") -> dict[str, Any]:
+    return {"Fn::GetAtt": [resource, attribute]}
+
+
+def _given(parameter: str) -> str:
+    return f"Has{parameter}"
+
+
+def _name(parameter: str, default: Any) -> dict[str, Any]:
+    """The parameter's value if given, else `default` (an expression of the stack name)."""
+    return {"Fn::If": [_given(parameter), _ref(parameter), default]}
+
+
+def _underscored(text: str) -> dict[str, Any]:
+    """`text` (an Fn::Sub string) with '-' as '_': rule and Glue names allow no '-'."""
+    return {"Fn::Join": ["_", {"Fn::Split": ["-", _sub(text)]}]}
+
+
+def _topic_arn(topic: str) -> dict[str, Any]:
+    return _sub(f"arn:${{AWS::Partition}}:iot:${{AWS::Region}}:${{AWS::AccountId}}:topic/{topic}")
+
+
+def _device_topic(make: Any) -> str:
+    """A device's topic from `device.payload` with the thing-name policy variable as its id."""
+    topic: str = make(_PLACEHOLDER)
+    return topic.replace(_PLACEHOLDER, THING_VARIABLE)
+
+
+def _private_bucket(lifecycle: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "BucketEncryption": {
+            "ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+            ]
+        },
+        "PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        },
+        "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+        "LifecycleConfiguration": {
+            "Rules": [
+                {
+                    "Id": "abort-incomplete-uploads",
+                    "Status": "Enabled",
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+                },
+                *lifecycle,
+            ]
+        },
+    }
+
+
+def _tls_only_policy(bucket: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::S3::BucketPolicy",
+        "Properties": {
+            "Bucket": _ref(bucket),
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "DenyPlainHttp",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [_arn(bucket), _sub(f"${{{bucket}.Arn}}/*")],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ],
+            },
+        },
+    }
+
+
+def device_policy_document() -> dict[str, Any]:
+    """A thing may connect only as its own name and publish only its own two topics."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ConnectAsOwnThingName",
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": _sub(
+                    "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:client/"
+                    + THING_VARIABLE
+                ),
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Sid": "PublishOwnReadingsAndStatus",
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": [
+                    _topic_arn(_device_topic(data_topic)),
+                    _topic_arn(_device_topic(status_topic)),
+                ],
+            },
+            {
+                # The retained online/offline status, including the retained last will.
+                "Sid": "RetainOwnStatus",
+                "Effect": "Allow",
+                "Action": "iot:RetainPublish",
+                "Resource": _topic_arn(_device_topic(status_topic)),
+            },
+        ],
+    }
+
+
+def _glue_table(name: str, input_: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Glue::Table",
+        "Properties": {
+            "CatalogId": _ref("AWS::AccountId"),
+            "DatabaseName": _ref("GlueDatabase"),
+            "TableInput": {"Name": name, **input_},
+        },
+    }
+
+
+def _sensor_data_table() -> dict[str, Any]:
+    prefix = layout.data_prefix("datapipeline")
+    return _glue_table(
+        prefix,
+        {
+            "Description": "The tutorial's table: Data Pipeline JSON lines, struct columns",
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"classification": "json", "EXTERNAL": "TRUE"},
+            "StorageDescriptor": {
+                "Columns": [{"Name": n, "Type": t} for n, t, _ in DATAPIPELINE_COLUMNS],
+                "Location": _sub(f"s3://${{ExportsBucket}}/{prefix}/"),
+                "InputFormat": "org.apache.hadoop.mapred.TextInputFormat",
+                "OutputFormat": "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+                "SerdeInfo": {
+                    "SerializationLibrary": "org.openx.data.jsonserde.JsonSerDe",
+                    "Parameters": {"paths": ",".join(p for _, _, p in DATAPIPELINE_COLUMNS)},
+                },
+            },
+        },
+    )
+
+
+def _readings_table() -> dict[str, Any]:
+    prefix = layout.data_prefix("parquet")
+    key = layout.PARTITION_KEY
+    location = f"s3://${{ExportsBucket}}/{prefix}/"
+    return _glue_table(
+        prefix,
+        {
+            "Description": "Flat typed readings: Parquet, partitioned by UTC day (projected)",
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {
+                "classification": "parquet",
+                "EXTERNAL": "TRUE",
+                # Partition projection: Athena computes the dt= prefixes itself, so no
+                # crawler or MSCK REPAIR is needed when an export adds a day.
+                "projection.enabled": "true",
+                f"projection.{key}.type": "date",
+                f"projection.{key}.format": "yyyy-MM-dd",
+                f"projection.{key}.range": f"{PROJECTION_START},NOW",
+                f"projection.{key}.interval": "1",
+                f"projection.{key}.interval.unit": "DAYS",
+                "storage.location.template": _sub(f"{location}{key}=${{!{key}}}/"),
+            },
+            "PartitionKeys": [{"Name": key, "Type": "string", "Comment": "UTC day, YYYY-MM-DD"}],
+            "StorageDescriptor": {
+                "Columns": [
+                    {"Name": c.name, "Type": c.athena_type, "Comment": c.doc}
+                    for c in layout.PARQUET_COLUMNS
+                ],
+                "Location": _sub(location),
+                "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+                "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+                "SerdeInfo": {
+                    "SerializationLibrary": (
+                        "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+                    )
+                },
+            },
+        },
+    )
+
+
+def build() -> dict[str, Any]:
+    """The whole template, as CloudFormation reads it."""
+    # Each name is one expression, used by its resource and by its Output alike (an Output
+    # of `Ref` would do on AWS, but moto returns no usable Ref for several of these types).
+    rule_name = _name("TopicRuleName", _underscored("${AWS::StackName}-sensor-data"))
+    policy_name = _name("IotPolicyName", _sub("${AWS::StackName}-device"))
+    database_name = _name("GlueDatabaseName", _underscored("${AWS::StackName}-sensors"))
+    workgroup_name = _name("WorkGroupName", _sub("${AWS::StackName}"))
+    resources: dict[str, Any] = {
+        "SensorDataTable": {
+            "Type": "AWS::DynamoDB::Table",
+            # `cloud destroy` deletes the table (it refuses while it holds items, unless
+            # forced); an update that would replace it keeps the old one instead.
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "TableName": _name("TableName", _sub("${AWS::StackName}-SensorData")),
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": ATTRIBUTES,
+                "KeySchema": KEY_SCHEMA,
+                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                "TimeToLiveSpecification": {
+                    "Fn::If": [
+                        _given("TtlAttribute"),
+                        {"AttributeName": _ref("TtlAttribute"), "Enabled": True},
+                        _ref("AWS::NoValue"),
+                    ]
+                },
+            },
+        },
+        "DevicePolicy": {
+            "Type": "AWS::IoT::Policy",
+            "Properties": {
+                "PolicyName": policy_name,
+                "PolicyDocument": device_policy_document(),
+            },
+        },
+        "TopicRuleRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "Lets the sensor-data topic rule write readings and keep failures",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "iot.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                            # Only our own rule may use this role (confused deputy).
+                            "Condition": {
+                                "StringEquals": {"aws:SourceAccount": _ref("AWS::AccountId")},
+                                "ArnLike": {
+                                    "aws:SourceArn": {
+                                        "Fn::Sub": [
+                                            "arn:${AWS::Partition}:iot:${AWS::Region}:"
+                                            "${AWS::AccountId}:rule/${RuleName}",
+                                            {"RuleName": rule_name},
+                                        ]
+                                    }
+                                },
+                            },
+                        }
+                    ],
+                },
+                "Policies": [
+                    {
+                        "PolicyName": "write-readings",
+                        "PolicyDocument": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {
+                                    "Sid": "PutReadings",
+                                    "Effect": "Allow",
+                                    "Action": "dynamodb:PutItem",
+                                    "Resource": _arn("SensorDataTable"),
+                                },
+                                {
+                                    # The error action's only right: add objects under
+                                    # its own prefix of the exports bucket.
+                                    "Sid": "KeepFailedMessages",
+                                    "Effect": "Allow",
+                                    "Action": "s3:PutObject",
+                                    "Resource": _sub(
+                                        f"${{ExportsBucket.Arn}}/{RULE_ERRORS_PREFIX}*"
+                                    ),
+                                },
+                            ],
+                        },
+                    }
+                ],
+            },
+        },
+        "SensorDataTopicRule": {
+            "Type": "AWS::IoT::TopicRule",
+            "Properties": {
+                "RuleName": rule_name,
+                "TopicRulePayload": {
+                    "Description": f"Readings on {TOPIC_FILTER} into the SensorData table",
+                    "Sql": rule_sql(),
+                    "AwsIotSqlVersion": SQL_VERSION,
+                    "RuleDisabled": False,
+                    "Actions": [
+                        {
+                            "DynamoDBv2": {
+                                "PutItem": {"TableName": _ref("SensorDataTable")},
+                                "RoleArn": _arn("TopicRuleRole"),
+                            }
+                        }
+                    ],
+                    "ErrorAction": {
+                        "S3": {
+                            "BucketName": _ref("ExportsBucket"),
+                            # Substitution templates of the rule, not of CloudFormation.
+                            "Key": RULE_ERRORS_PREFIX + "${topic(2)}/${timestamp()}-${newuuid()}",
+                            "RoleArn": _arn("TopicRuleRole"),
+                        }
+                    },
+                },
+            },
+        },
+        "ExportsBucket": {
+            "Type": "AWS::S3::Bucket",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "BucketName": _name("ExportsBucketName", _ref("AWS::NoValue")),
+                **_private_bucket([]),
+            },
+        },
+        "ExportsBucketPolicy": _tls_only_policy("ExportsBucket"),
+        "AthenaResultsBucket": {
+            "Type": "AWS::S3::Bucket",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Delete",
+            "Properties": {
+                "BucketName": _name("AthenaResultsBucketName", _ref("AWS::NoValue")),
+                **_private_bucket(
+                    [
+                        {
+                            "Id": "expire-athena-results",
+                            "Status": "Enabled",
+                            "ExpirationInDays": _ref("AthenaResultsRetentionDays"),
+                        }
+                    ]
+                ),
+            },
+        },
+        "AthenaResultsBucketPolicy": _tls_only_policy("AthenaResultsBucket"),
+        "GlueDatabase": {
+            "Type": "AWS::Glue::Database",
+            "Properties": {
+                "CatalogId": _ref("AWS::AccountId"),
+                "DatabaseInput": {
+                    "Name": database_name,
+                    "Description": "sensor-pipeline exports, for Athena",
+                },
+            },
+        },
+        "SensorDataGlueTable": _sensor_data_table(),
+        "ReadingsGlueTable": _readings_table(),
+        "AthenaWorkGroup": {
+            "Type": "AWS::Athena::WorkGroup",
+            "Properties": {
+                "Name": workgroup_name,
+                "Description": "sensor-pipeline queries: results expire, scans are capped",
+                "State": "ENABLED",
+                # Deleting the stack also deletes the workgroup's saved queries.
+                "RecursiveDeleteOption": True,
+                "WorkGroupConfiguration": {
+                    "EnforceWorkGroupConfiguration": True,
+                    "PublishCloudWatchMetricsEnabled": True,
+                    "BytesScannedCutoffPerQuery": _ref("BytesScannedCutoffPerQuery"),
+                    "EngineVersion": {"SelectedEngineVersion": "Athena engine version 3"},
+                    "ResultConfiguration": {
+                        "OutputLocation": _sub(
+                            f"s3://${{AthenaResultsBucket}}/{ATHENA_RESULTS_PREFIX}"
+                        ),
+                        "EncryptionConfiguration": {"EncryptionOption": "SSE_S3"},
+                    },
+                },
+            },
+        },
+    }
+    outputs_values: dict[str, Any] = {
+        "TableName": _ref("SensorDataTable"),
+        "ExportsBucket": _ref("ExportsBucket"),
+        "AthenaResultsBucket": _ref("AthenaResultsBucket"),
+        "WorkGroup": workgroup_name,
+        "GlueDatabase": database_name,
+        "IotPolicyName": policy_name,
+        "TopicRuleName": rule_name,
+        "RuleErrorsLocation": _sub(f"s3://${{ExportsBucket}}/{RULE_ERRORS_PREFIX}"),
+    }
+    assert tuple(outputs_values) == OUTPUTS
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": DESCRIPTION,
+        "Parameters": PARAMETERS,
+        "Conditions": {
+            _given(p): {"Fn::Not": [{"Fn::Equals": [_ref(p), ""]}]} for p in _NAME_PARAMETERS
+        },
+        "Resources": resources,
+        "Outputs": {name: {"Value": value} for name, value in outputs_values.items()},
+    }
+
+
+# -- YAML -----------------------------------------------------------------------------------
+
+#: Strings written without quotes: nothing YAML could read as another type or as syntax.
+_PLAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:/-]*$")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        if _PLAIN.match(value) and not value.endswith(":") and value.lower() not in _YAML_WORDS:
+            return value
+        # A JSON string is a valid YAML double-quoted scalar (json.dumps never writes `\/`).
+        return json.dumps(value)
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as YAML")
+
+
+def _block(value: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{_scalar(key)}:")
+                lines.extend(_block(item, indent + 2))
+            else:
+                lines.append(f"{pad}{_scalar(key)}: {_inline(item)}")
+    else:
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                nested = _block(item, indent + 2)
+                nested[0] = f"{pad}- {nested[0][indent + 2 :]}"
+                lines.extend(nested)
+            else:
+                lines.append(f"{pad}- {_inline(item)}")
+    return lines
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return _scalar(value)
+
+
+def render(template: Mapping[str, Any] | None = None) -> str:
+    """The template as block-style YAML, long-form intrinsic functions, stable order."""
+    body = _block(dict(build() if template is None else template), 0)
+    header = [
+        "# Generated by `python -m cloud.template` from cloud/template.py: do not edit by hand.",
+        "# Deploy: aws cloudformation deploy --template-file cloud/cloudformation/"
+        "sensor-pipeline.yaml \\",
+        "#   --stack-name sensor-pipeline --capabilities CAPABILITY_NAMED_IAM",
+    ]
+    return "\n".join([*header, *body]) + "\n"
+
+
+def write(path: Path = TEMPLATE_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render())
+    return path
+
+
+def is_current(path: Path = TEMPLATE_PATH) -> bool:
+    """Does the committed file hold exactly what `render()` makes now?"""
+    try:
+        return path.read_text() == render()
+    except FileNotFoundError:
+        return False
+
+
+# -- evaluating the template's intrinsic functions -------------------------------------------
+
+_SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+
+
+@dataclass
+class Resolver:
+    """Evaluates Ref, Fn::Sub, Fn::GetAtt, Fn::If, Fn::Join, Fn::Split and conditions.
+
+    `physical` maps a logical resource id to what its Ref returns, `attributes` maps
+    "LogicalId.Attribute" to its Fn::GetAtt value; parameters not given take their defaults.
+    """
+
+    stack_name: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    physical: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    account_id: str = "123456789012"
+    region: str = "us-east-1"
+    partition: str = "aws"
+    template: Mapping[str, Any] = field(default_factory=build)
+
+    _NO_VALUE = object()
+
+    def ref(self, name: str) -> Any:
+        pseudo = {
+            "AWS::StackName": self.stack_name,
+            "AWS::AccountId": self.account_id,
+            "AWS::Region": self.region,
+            "AWS::Partition": self.partition,
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": self._NO_VALUE,
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.template.get("Parameters", {}):
+            return self.template["Parameters"][name].get("Default", "")
+        if name in self.physical:
+            return self.physical[name]
+        raise KeyError(f"Ref {name}: not a parameter, pseudo parameter or known resource")
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.template["Conditions"][name]))
+
+    def resource(self, logical_id: str) -> dict[str, Any]:
+        """A resource's Properties with every function evaluated."""
+        props = self.resolve(self.template["Resources"][logical_id].get("Properties", {}))
+        assert isinstance(props, dict)
+        return props
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            items = [self.resolve(v) for v in value]
+            return [v for v in items if v is not self._NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Condition":
+                return self.condition(arg)
+            if key.startswith("Fn::"):
+                return self._function(key, arg)
+        resolved = {k: self.resolve(v) for k, v in value.items()}
+        return {k: v for k, v in resolved.items() if v is not self._NO_VALUE}
+
+    def _function(self, name: str, arg: Any) -> Any:
+        if name == "Fn::If":
+            cond, yes, no = arg
+            return self.resolve(yes if self.condition(cond) else no)
+        if name == "Fn::Equals":
+            left, right = (self.resolve(a) for a in arg)
+            return str(left) == str(right)
+        if name == "Fn::Not":
+            return not self.resolve(arg[0])
+        if name == "Fn::Join":
+            sep, items = arg
+            return sep.join(str(i) for i in self.resolve(items))
+        if name == "Fn::Split":
+            sep, text = arg
+            return str(self.resolve(text)).split(sep)
+        if name == "Fn::GetAtt":
+            return self.attributes[f"{arg[0]}.{arg[1]}"]
+        if name == "Fn::Sub":
+            text, names = (arg, {}) if isinstance(arg, str) else arg
+            local = {k: self.resolve(v) for k, v in names.items()}
+            return _SUB_VARIABLE.sub(lambda m: self._sub_variable(m.group(1), local), text)
+        raise ValueError(f"{name} is not supported by this resolver")
+
+    def _sub_variable(self, name: str, local: Mapping[str, Any]) -> str:
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        if name in local:
+            return str(local[name])
+        if "." in name:
+            return str(self.attributes[name])
+        return str(self.ref(name))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m cloud.template [--check]`: rewrite the committed template, or check it."""
+    if argv[1:] == ["--check"]:
+        if is_current():
+            return 0
+        print(f"{TEMPLATE_PATH} is stale: run `python -m cloud.template`", file=sys.stderr)
+        return 1
+    print(f"wrote {write()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,237 @@
+"""`cloud revoke --target local`: the local CA's CRL, and a real Mosquitto that applies it.
+
+What a user sees is checked: a device that connected before its revocation cannot connect
+after it, its open connection ends, and every other device still connects (a broken or
+expired CRL would lock everyone out and make a naive test pass).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from cloud.errors import CertificateError
+from cloud.local import stack
+from cloud.local.ports import free_port
+from cloud.local_ca import Identity, LocalCA
+from cloud.revocation import (
+    crl_path,
+    ensure_crl,
+    reload_broker,
+    restart_broker,
+    revoke_device_local,
+    revoked_serials,
+)
+from tests.conftest import BrokerFactory, Pki
+from tests.mqtt import REPO, wait_until
+
+
+def serial(ident: Identity) -> int:
+    return x509.load_pem_x509_certificate(ident.cert.read_bytes()).serial_number
+
+
+class Device:
+    """A device's own MQTT 5 client over mutual TLS; `connected` says how its CONNECT went."""
+
+    def __init__(self, port: int, ident: Identity, client_id: str) -> None:
+        self.answered = threading.Event()
+        self.accepted = threading.Event()
+        self.dropped = threading.Event()
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,  # one attempt: its outcome is what the test asks
+        )
+        c.tls_set(
+            str(ident.ca), str(ident.cert), str(ident.key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+        )
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        self.client = c
+        self.port = port
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            self.accepted.set()
+        self.answered.set()
+
+    def _on_disconnect(self, *args: object) -> None:
+        self.dropped.set()
+        self.answered.set()
+
+    def connect(self, timeout: float = 10) -> bool:
+        """Connect and wait for the broker's answer: True if it accepted us."""
+        try:
+            self.client.connect("127.0.0.1", self.port)
+        except (OSError, ssl.SSLError):
+            return False
+        self.client.loop_start()
+        assert self.answered.wait(timeout), "the broker neither accepted nor refused"
+        return self.accepted.is_set()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def devices() -> Iterator[list[Device]]:
+    made: list[Device] = []
+    yield made
+    for device in made:
+        device.close()
+
+
+@pytest.fixture
+def root(pki: Pki, tmp_path: Path) -> Path:
+    """A project folder whose local CA is the session's test CA, so the fixtures' brokers
+    trust the device certificates `cloud.local.stack` issues in it."""
+    shutil.copytree(pki.ca.folder, tmp_path / "certs" / "local-ca")
+    return tmp_path
+
+
+def connects(devices: list[Device], port: int, ident: Identity) -> bool:
+    device = Device(port, ident, f"c{len(devices)}-{ident.cert.parent.name}")
+    devices.append(device)
+    return device.connect()
+
+
+def test_crl_lists_each_revoked_serial_once_and_outlives_the_ca(root: Path):
+    ca = x509.load_pem_x509_certificate((root / "certs/local-ca/ca.pem").read_bytes())
+    a = stack.device_identity(root, "crl-a")
+    b = stack.device_identity(root, "crl-b")
+    empty = x509.load_pem_x509_crl(ensure_crl(root).read_bytes())
+    assert len(empty) == 0 and empty.is_signature_valid(ca.public_key())
+    assert empty.next_update_utc is not None
+    assert empty.next_update_utc >= ca.not_valid_after_utc
+
+    assert revoke_device_local(root, "crl-a") == crl_path(root)
+    assert revoked_serials(crl_path(root)) == {serial(a)}
+    first = x509.load_pem_x509_crl(crl_path(root).read_bytes())
+    revoke_device_local(root, "crl-b")
+    revoke_device_local(root, "crl-a")
+    crl = x509.load_pem_x509_crl(crl_path(root).read_bytes())
+    assert sorted(e.serial_number for e in crl) == sorted([serial(a), serial(b)])
+    assert crl.is_signature_valid(ca.public_key())
+    assert first.last_update_utc <= crl.last_update_utc <= dt.datetime.now(dt.UTC)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number == 4  # empty, a, b, a again
+
+
+def test_a_certificate_from_another_ca_is_not_revoked(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    other = LocalCA.create(tmp_path_factory.mktemp("other-ca"))
+    stranger = other.issue("stranger", root / "certs" / "stranger")
+    with pytest.raises(CertificateError, match="not issued by the local CA"):
+        revoke_device_local(root, "stranger")
+    assert serial(stranger) not in revoked_serials(crl_path(root))
+    with pytest.raises(CertificateError, match="nothing to revoke"):
+        revoke_device_local(root, "never-provisioned")
+
+
+def test_a_revoked_device_is_refused_after_a_broker_restart(
+    root: Path, start_broker: BrokerFactory, devices: list[Device]
+):
+    revoked = stack.device_identity(root, "rv-gone")
+    other = stack.device_identity(root, "rv-other")
+    broker = start_broker(crl=ensure_crl(root))
+    port = broker.config.port
+    assert connects(devices, port, revoked) and connects(devices, port, other)
+    held = devices[0]
+
+    revoke_device_local(root, "rv-gone")
+    restart_broker(broker)
+
+    assert held.dropped.wait(10), "the revoked device's open connection survived"
+    assert not connects(devices, port, revoked)
+    assert connects(devices, port, other)
+
+
+def test_sighup_refuses_new_connections_but_keeps_open_ones(
+    root: Path, start_broker: BrokerFactory, devices: list[Device]
+):
+    """Why revocation restarts the broker: Mosquitto 2.0 re-reads the CRL on SIGHUP, but
+    an established connection of the revoked certificate carries on."""
+    revoked = stack.device_identity(root, "hup-gone")
+    other = stack.device_identity(root, "hup-other")
+    broker = start_broker(crl=ensure_crl(root))
+    port = broker.config.port
+    assert connects(devices, port, revoked)
+    held = devices[0]
+
+    revoke_device_local(root, "hup-gone")
+    assert broker.pid is not None
+    reload_broker(broker.pid)
+    log = broker.config.log_path
+    wait_until(lambda: "Reloading config." in log.read_text(), 10, "the broker's reload")
+
+    assert not connects(devices, port, revoked)
+    assert connects(devices, port, other)
+    info = held.client.publish("sensors/hup-gone/data", b"still here", qos=1)
+    info.wait_for_publish(10)
+    assert info.is_published() and not held.dropped.is_set()
+
+
+def cloud(root: Path, *args: str) -> str:
+    """A `cloud` command, or this library in a process of its own, as the CLI runs it."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, devices: list[Device]):
+    """`cloud local up` starts Mosquitto without `crlfile`, and SIGHUP cannot add one: the
+    stack's broker is restarted with it."""
+    up = ("-m", "cloud", "local", "up", "--no-ingest")
+    cloud(root, *up, "--mqtt-port", str(free_port()), "--moto-port", str(free_port()))
+    try:
+        state = stack.StackState.load(root)
+        assert state is not None
+        gone = stack.device_identity(root, "st-gone")
+        other = stack.device_identity(root, "st-other")
+        assert connects(devices, state.mqtt_port, gone)
+
+        revoke_device_local(root, "st-gone")
+        restart = "import sys; from pathlib import Path; from cloud.revocation import "
+        restart += "restart_local_broker as r; print(r(Path(sys.argv[1])))"
+        new_pid = int(cloud(root, "-c", restart, str(root)))
+
+        assert new_pid != state.pids["mosquitto"]
+        assert stack.running_state(root).pids["mosquitto"] == new_pid
+        assert devices[0].dropped.wait(10)
+        assert not connects(devices, state.mqtt_port, gone)
+        assert connects(devices, state.mqtt_port, other)
+        conf = stack.state_dir(root) / "mosquitto" / "mosquitto.conf"
+        assert f"crlfile {crl_path(root)}" in conf.read_text()
+    finally:
+        cloud(root, "-m", "cloud", "local", "down")
+
+
+def test_the_crl_is_public_and_current(root: Path):
+    stack.device_identity(root, "mode")
+    path = revoke_device_local(root, "mode")
+    assert path.stat().st_mode & 0o777 == 0o644  # a broker running as another user reads it
+    next_update = x509.load_pem_x509_crl(path.read_bytes()).next_update_utc
+    assert next_update is not None and dt.datetime.now(dt.UTC) < next_update
