@@ -44,6 +44,8 @@ test-quick: setup
 lint: setup
 	$(VENV)/bin/ruff check device cloud tests bench
 	$(VENV)/bin/mypy device cloud
+	$(VENV)/bin/cfn-lint cloud/cloudformation/sensor-pipeline.yaml
+	$(PY) -m cloud.template --check
 
 # The tutorial's scenario on the local stack: 10 simulated sensors x 1000 readings, then
 # what arrived in the table. Stops what it started, even when a step fails.

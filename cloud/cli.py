@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -17,8 +19,11 @@ from typing import Any, TypeVar
 import click
 
 from cloud import target as targets
+from cloud.aws import Endpoint
+from cloud.deploy import DEFAULT_STACK_NAME
 from cloud.errors import PipelineError
 from cloud.local import stack
+from cloud.local_ca import certs_dir
 from cloud.table import Row, item_count, query_readings, summarize
 from cloud.timeparse import iso_ms, parse_time_ms
 
@@ -111,9 +116,15 @@ def local_down() -> None:
 
 
 @main.command("status")
+@click.option(
+    "--stack-name",
+    default=DEFAULT_STACK_NAME,
+    show_default=True,
+    help="aws: the stack to report on.",
+)
 @target_options
 @reports_errors
-def status(target: str | None, endpoint_url: str | None) -> None:
+def status(target: str | None, endpoint_url: str | None, stack_name: str) -> None:
     """Say which side commands act on, what runs where, and how many readings the table holds."""
     chosen = targets.resolve(target, endpoint_url)
     click.echo(f"target   {chosen.name} ({chosen.why})")
@@ -124,7 +135,20 @@ def status(target: str | None, endpoint_url: str | None) -> None:
         click.echo(f"broker   {chosen.stack.broker_url}")
         click.echo(f"aws      {chosen.endpoint.url}")
     else:
+        from cloud.deploy import aws_status
+
         click.echo(f"aws      {chosen.endpoint.url or 'AWS (default endpoint)'}")
+        info = aws_status(chosen.endpoint, stack_name)
+        click.echo(f"stack    {stack_name}: {info.stack_status or 'not deployed (cloud deploy)'}")
+        if info.broker_url:
+            click.echo(f"broker   {info.broker_url} (AWS IoT Core, ATS)")
+        if info.table:
+            approx = "" if info.item_count_exact else " (DynamoDB's estimate, updated ~6-hourly)"
+            click.echo(f"table    {info.table}: {info.item_count} item(s){approx}")
+        for thing, row in sorted(info.last_readings.items()):
+            last = f"{iso_ms(row.time_ms)} {row.temperature:.2f}" if row else "no readings"
+            click.echo(f"device   {thing}: {last}")
+        return
     count = item_count(chosen.endpoint.client("dynamodb"), chosen.table)
     click.echo(f"table    {chosen.table}: {count} item(s)")
 
@@ -133,7 +157,7 @@ def status(target: str | None, endpoint_url: str | None) -> None:
 @click.pass_context
 def local_status(ctx: click.Context) -> None:
     """The same as `cloud status --target local`."""
-    ctx.invoke(status, target="local", endpoint_url=None)
+    ctx.invoke(status, target="local", endpoint_url=None, stack_name=DEFAULT_STACK_NAME)
 
 
 # -- identities ---------------------------------------------------------------------------
@@ -142,29 +166,174 @@ def local_status(ctx: click.Context) -> None:
 @main.command()
 @click.option("--id", "device_id", required=True, help="The device id, e.g. sensor-3.")
 @click.option("--force", is_flag=True, help="Replace an existing key and certificate.")
+@click.option(
+    "--stack-name",
+    default=DEFAULT_STACK_NAME,
+    show_default=True,
+    help="aws: the deployed stack whose IoT policy the device gets.",
+)
+@target_options
 @reports_errors
-def provision(device_id: str, force: bool) -> None:
-    """Make a device's key and certificate (local CA) under certs/ID/."""
+def provision(
+    device_id: str, force: bool, stack_name: str, target: str | None, endpoint_url: str | None
+) -> None:
+    """Make a device's key and certificate in certs/ID/ (key 0600, folder 0700).
+
+    Locally the local CA signs it. On AWS the key is made here and never leaves this
+    machine: AWS IoT signs a CSR, and the certificate is tied to the thing ID and the
+    stack's IoT policy.
+    """
     from device.payload import PayloadError, check_sensor_id
 
     try:
         check_sensor_id(device_id)
     except PayloadError as exc:
         raise click.BadParameter(str(exc), param_hint="--id") from None
-    folder = stack.certs_dir(Path.cwd()) / device_id
-    if (folder / "key.pem").exists() and not force:
-        raise click.ClickException(
-            f"{folder / 'key.pem'} already exists; pass --force to replace it "
-            "(the old certificate stops working)"
+    chosen = targets.resolve(target, endpoint_url, need_stack=False)
+    click.echo(f"target {chosen.name} ({chosen.why})", err=True)
+    root = Path.cwd()
+    if chosen.name == "aws":
+        from cloud.deploy import stack_outputs
+        from cloud.provision_aws import provision_device
+
+        policy = stack_outputs(chosen.endpoint, stack_name).get("IotPolicyName")
+        if not policy:
+            raise click.ClickException(
+                f"stack {stack_name} has no IotPolicyName output; run `cloud deploy`"
+            )
+        result = provision_device(chosen.endpoint, root, device_id, policy, force=force)
+        ident, command = result.identity, result.command
+        click.echo(
+            f"certificate {result.certificate_id} active, "
+            f"attached to thing {device_id} and policy {policy}"
         )
-    ident = stack.device_identity(Path.cwd(), device_id, force=force)
+    else:
+        key = certs_dir(root) / device_id / "key.pem"
+        if key.exists() and not force:
+            raise click.ClickException(
+                f"{key} already exists; pass --force to replace it "
+                "(the old certificate stops working)"
+            )
+        ident = stack.device_identity(root, device_id, force=force)
+        broker = chosen.stack.broker_url if chosen.stack else "mqtts://BROKER:8883"
+        command = shlex.join(
+            [
+                "device-agent",
+                "--id",
+                device_id,
+                "--broker",
+                broker,
+                "--cert",
+                str(ident.cert),
+                "--key",
+                str(ident.key),
+                "--ca",
+                str(ident.ca),
+            ]
+        )
     click.echo(f"wrote {ident.cert}, {ident.key} (0600) and {ident.ca}")
-    state = stack.running_state(Path.cwd())
-    broker = state.broker_url if state else "mqtts://BROKER:8883"
-    click.echo(
-        f"run: device-agent --id {device_id} --broker {broker} "
-        f"--cert {ident.cert} --key {ident.key} --ca {ident.ca}"
+    click.echo(f"run: {command}")
+
+
+@main.command()
+@click.option("--id", "device_id", required=True, help="The device id whose certificate to revoke.")
+@click.option(
+    "--keep", is_flag=True, help="aws: leave the certificate INACTIVE instead of deleting it."
+)
+@target_options
+@reports_errors
+def revoke(device_id: str, keep: bool, target: str | None, endpoint_url: str | None) -> None:
+    """Revoke a device's certificate: on AWS deactivate, detach and delete it; locally add
+    it to the local CA's revocation list and restart the broker so it takes effect."""
+    chosen = targets.resolve(target, endpoint_url, need_stack=False)
+    click.echo(f"target {chosen.name} ({chosen.why})", err=True)
+    root = Path.cwd()
+    if chosen.name == "aws":
+        from cloud.provision_aws import revoke_device_aws
+
+        result = revoke_device_aws(chosen.endpoint, root, device_id, delete=not keep)
+        what = "deactivated" if keep else "deactivated and deleted"
+        click.echo(f"{device_id}: {len(result.certificate_ids)} certificate(s) {what}")
+        return
+    from cloud.revocation import revoke_device_local
+
+    crl = revoke_device_local(root, device_id)
+    click.echo(f"{device_id}: certificate revoked in {crl}")
+    if chosen.stack is not None:
+        pid = stack.restart_broker(root)
+        click.echo(f"broker restarted with the new revocation list (pid {pid})")
+
+
+# -- the AWS stack --------------------------------------------------------------------------
+
+
+def _aws_endpoint(endpoint_url: str | None, region: str | None) -> Endpoint:
+    return Endpoint(endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), region)
+
+
+@main.command()
+@click.option(
+    "--stack-name", default=DEFAULT_STACK_NAME, show_default=True, help="CloudFormation stack name."
+)
+@click.option("--region", help="AWS region [AWS_REGION, or the profile's].")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A template parameter; repeatable.",
+)
+@click.option("--endpoint-url", help="AWS endpoint (e.g. a moto server); also AWS_ENDPOINT_URL.")
+@reports_errors
+def deploy(
+    stack_name: str, region: str | None, params: tuple[str, ...], endpoint_url: str | None
+) -> None:
+    """Create or update the AWS resources (one CloudFormation stack) and wait, showing progress."""
+    from cloud.deploy import deploy as deploy_stack
+
+    values: dict[str, str] = {}
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{param!r} is not KEY=VALUE", param_hint="--param")
+        values[key] = value
+    endpoint = _aws_endpoint(endpoint_url, region)
+    click.echo(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}", err=True)
+    outputs = deploy_stack(
+        endpoint, stack_name, values, on_event=lambda e: click.echo(e.line(), err=True)
     )
+    for key, value in sorted(outputs.items()):
+        click.echo(f"{key:<20} {value}")
+
+
+@main.command()
+@click.option(
+    "--stack-name", default=DEFAULT_STACK_NAME, show_default=True, help="CloudFormation stack name."
+)
+@click.option("--region", help="AWS region [AWS_REGION, or the profile's].")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also empty the buckets, the table's data and detach device certificates.",
+)
+@click.option("--endpoint-url", help="AWS endpoint (e.g. a moto server); also AWS_ENDPOINT_URL.")
+@reports_errors
+def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str | None) -> None:
+    """Remove the stack; refuses while it still holds data unless --force."""
+    from cloud.deploy import DestroyRefused
+    from cloud.deploy import destroy as destroy_stack
+
+    endpoint = _aws_endpoint(endpoint_url, region)
+    click.echo(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}", err=True)
+    try:
+        result = destroy_stack(
+            endpoint, stack_name, force=force, on_event=lambda e: click.echo(e.line(), err=True)
+        )
+    except DestroyRefused as exc:
+        raise click.ClickException(f"{exc}; pass --force to remove them too") from None
+    click.echo(f"stack {result.stack_name}: {result.status}")
+    for left in result.left_behind:
+        click.echo(f"left behind: {left}")
 
 
 # -- the rule's part ----------------------------------------------------------------------

@@ -34,6 +34,11 @@ class Identity:
     ca: Path
 
 
+def certs_dir(root: Path) -> Path:
+    """A project folder's certificates: certs/local-ca/ and certs/<id>/ (git-ignored)."""
+    return root / "certs"
+
+
 def private_folder(path: Path) -> Path:
     """A folder only its owner can enter (0700), made if missing."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

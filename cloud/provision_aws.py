@@ -30,8 +30,7 @@ from cryptography.x509.oid import NameOID
 from cloud.aws import Endpoint
 from cloud.deploy import ats_host, aws_errors
 from cloud.errors import CertificateError, ConfigError, PipelineError
-from cloud.local.stack import certs_dir
-from cloud.local_ca import Identity, private_folder, write_private_key
+from cloud.local_ca import Identity, certs_dir, private_folder, write_private_key
 from device.payload import PayloadError, check_sensor_id
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ OpenSSL 3.0 (tests/cloud/test_revocation.py):
   revoked certificate are refused from then on;
 - but SIGHUP leaves an established connection open, and a broker started *without*
   `crlfile` does not take one up on SIGHUP. So revoking restarts the broker
-  (`restart_broker`, `restart_local_broker`): every client is disconnected, the others
-  reconnect (devices keep an outbox, ingest a persistent session), the revoked one cannot.
+  (`restart_broker`; `cloud.local.stack.restart_broker` for the local stack): every client
+  is disconnected, the others reconnect (devices keep an outbox, ingest a persistent
+  session), the revoked one cannot.
 - with `crlfile` set, a missing CRL file stops the broker from starting, and a CRL past
   its nextUpdate, or dated in the future, makes OpenSSL refuse *every* client. So a CRL
   exists from the start (`ensure_crl`, an empty one), it is dated now, never ahead of the
@@ -29,15 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cloud.errors import CertificateError, LocalStackError
-from cloud.local.mosquitto import Mosquitto, MosquittoConfig
-from cloud.local.stack import (
-    BROKER_IDENTITY,
-    StackState,
-    certs_dir,
-    process_status,
-    state_dir,
-)
-from cloud.local.stack import _terminate as stop_process  # SIGTERM, wait, reap if ours
+from cloud.local.mosquitto import Mosquitto
+from cloud.local_ca import certs_dir
 
 CRL_NAME = "crl.pem"
 CA_FOLDER = "local-ca"
@@ -158,8 +152,8 @@ def ensure_crl(root: Path) -> Path:
 def revoke_device_local(root: Path, device_id: str) -> Path:
     """Revoke certs/<id>/cert.pem in the local CA's CRL; returns the CRL's path.
 
-    The broker applies it when restarted (`restart_local_broker`). The device's files stay;
-    `cloud provision --id ID --force` issues it a new certificate (a new serial).
+    The broker applies it when restarted (`cloud.local.stack.restart_broker`). The device's
+    files stay; `cloud provision --id ID --force` issues it a new certificate (a new serial).
     """
     folder = certs_dir(root)
     return revoke_certificate(folder / CA_FOLDER, folder / device_id / "cert.pem", crl_path(root))
@@ -179,34 +173,3 @@ def restart_broker(broker: Mosquitto) -> None:
     re-made, so a revoked certificate's open connection ends too."""
     broker.stop()
     broker.start()
-
-
-def restart_local_broker(root: Path) -> int:
-    """Restart the local stack's Mosquitto with the CRL applied; returns its new pid.
-
-    Its config is the one `cloud local up` writes, plus `crlfile`.
-    TODO(stack): `cloud local up` must pass `crl=ensure_crl(root)` too, or the next `up`
-    forgets the revocations; then this function belongs in cloud/local/stack.py.
-    """
-    root = root.resolve()
-    state = StackState.load(root)
-    if state is None or not process_status(state).get("mosquitto"):
-        raise LocalStackError(f"no local broker runs from {root}; `cloud local up` starts one")
-    server = certs_dir(root) / BROKER_IDENTITY
-    broker = Mosquitto(
-        MosquittoConfig(
-            folder=state_dir(root) / "mosquitto",
-            port=state.mqtt_port,
-            ca=certs_dir(root) / CA_FOLDER / "ca.pem",
-            cert=server / "cert.pem",
-            key=server / "key.pem",
-            plaintext_port=state.plaintext_port,
-            crl=ensure_crl(root),
-        )
-    )
-    stop_process(state.pids["mosquitto"])
-    broker.start()
-    assert broker.pid is not None
-    state.pids["mosquitto"] = broker.pid
-    state.save()
-    return broker.pid

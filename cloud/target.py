@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from cloud.aws import TABLE_NAME, Endpoint
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, PipelineError
 from cloud.local.stack import StackState, running_state
 
 TARGETS = ("local", "aws")
@@ -22,8 +24,17 @@ class Target:
     why: str  # how it was chosen, for `cloud status`
 
 
-def resolve(flag: str | None, endpoint_url: str | None, root: Path | None = None) -> Target:
-    """Flag, then CLOUD_TARGET, then local if a stack runs from this folder, else aws."""
+def resolve(
+    flag: str | None,
+    endpoint_url: str | None,
+    root: Path | None = None,
+    *,
+    need_stack: bool = True,
+) -> Target:
+    """Flag, then CLOUD_TARGET, then local if a stack runs from this folder, else aws.
+
+    `need_stack=False` lets a local command that only needs the local CA run without one.
+    """
     root = Path.cwd() if root is None else root
     state = running_state(root)
     env = os.environ.get("CLOUD_TARGET")
@@ -39,10 +50,25 @@ def resolve(flag: str | None, endpoint_url: str | None, root: Path | None = None
         name, why = "aws", "no local stack runs from this folder"
     table = os.environ.get("SENSOR_TABLE", TABLE_NAME)
     if name == "local":
-        if state is None:
+        if state is not None:
+            return Target("local", state.endpoint, state.table, state, why)
+        if need_stack:
             raise ConfigError(
                 f"--target local: no local stack runs from {root}; start it with `cloud local up`"
             )
-        return Target("local", state.endpoint, state.table, state, why)
-    url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    return Target("aws", Endpoint(url), table, None, why)
+        return Target("local", Endpoint(None), table, None, why)
+    endpoint = Endpoint(endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
+    if "SENSOR_TABLE" not in os.environ:
+        table = _deployed_table(endpoint) or table
+    return Target("aws", endpoint, table, None, why)
+
+
+def _deployed_table(endpoint: Endpoint) -> str | None:
+    """The table `cloud deploy` made (the stack's TableName output), if a stack exists."""
+    from cloud.deploy import DEFAULT_STACK_NAME, stack_outputs
+
+    try:
+        outputs = stack_outputs(endpoint, os.environ.get("SENSOR_STACK", DEFAULT_STACK_NAME))
+    except (PipelineError, BotoCoreError, ClientError):
+        return None  # no stack (or no access to CloudFormation): the default name
+    return outputs.get("TableName")

@@ -23,7 +23,8 @@ from cloud.errors import LocalStackError
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig, mosquitto_binary
 from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port, port_is_free, wait_for_file
-from cloud.local_ca import Identity, LocalCA
+from cloud.local_ca import Identity, LocalCA, certs_dir
+from cloud.revocation import ensure_crl
 from cloud.table import create_table
 
 PREFERRED_MQTT_PORT = 8883
@@ -35,10 +36,6 @@ BROKER_IDENTITY = "local-broker"
 
 def state_dir(root: Path) -> Path:
     return root / "var" / "local"
-
-
-def certs_dir(root: Path) -> Path:
-    return root / "certs"
 
 
 @dataclass
@@ -161,7 +158,7 @@ def up(
     logs = sdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ca = local_ca(root)
-    server = ca.issue(
+    ca.issue(
         BROKER_IDENTITY,
         certs_dir(root) / BROKER_IDENTITY,
         server_names=("127.0.0.1", "localhost"),
@@ -180,16 +177,7 @@ def up(
     if state.moto_port == state.mqtt_port:
         state.moto_port = free_port()
 
-    broker = Mosquitto(
-        MosquittoConfig(
-            folder=sdir / "mosquitto",
-            port=state.mqtt_port,
-            ca=ca.cert_path,
-            cert=server.cert,
-            key=server.key,
-            plaintext_port=plaintext_port,
-        )
-    )
+    broker = _broker(root, state)
     moto = MotoServer(state.moto_port, logs / "moto.log")
     state.logs = {"mosquitto": str(broker.config.log_path), "moto": str(moto.log_path)}
     started: list[int] = []
@@ -240,6 +228,42 @@ def up(
         state.path.unlink(missing_ok=True)
         raise
     return state
+
+
+def _broker(root: Path, state: StackState) -> Mosquitto:
+    """The stack's broker, always with the local CA's revocation list applied."""
+    server = certs_dir(root) / BROKER_IDENTITY
+    return Mosquitto(
+        MosquittoConfig(
+            folder=state_dir(root) / "mosquitto",
+            port=state.mqtt_port,
+            ca=local_ca(root).cert_path,
+            cert=server / "cert.pem",
+            key=server / "key.pem",
+            plaintext_port=state.plaintext_port,
+            crl=ensure_crl(root),
+        )
+    )
+
+
+def restart_broker(root: Path) -> int:
+    """Restart the stack's Mosquitto (to apply a new CRL); returns its new pid.
+
+    SIGHUP would re-read the CRL but leave a revoked device's open connection alone, so it
+    is a restart: the other devices reconnect and replay their outboxes, ingest resumes
+    its persistent session.
+    """
+    root = root.resolve()
+    state = running_state(root)
+    if state is None:
+        raise LocalStackError(f"no local broker runs from {root}; `cloud local up` starts one")
+    _terminate(state.pids["mosquitto"])
+    broker = _broker(root, state)
+    broker.start()
+    assert broker.pid is not None
+    state.pids["mosquitto"] = broker.pid
+    state.save()
+    return broker.pid
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:

@@ -98,15 +98,15 @@ def test_plaintext_listener_only_when_asked(project: Path):
 
 
 def test_provision_writes_private_files_and_refuses_to_overwrite(project: Path):
-    code, out, err = cloud(project, "provision", "--id", "sensor-9")
+    code, out, err = cloud(project, "provision", "--id", "sensor-9", "--target", "local")
     assert code == 0, err
     key = project / "certs/sensor-9/key.pem"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     assert "device-agent --id sensor-9" in out
     before = key.read_bytes()
-    code, _, err = cloud(project, "provision", "--id", "sensor-9")
+    code, _, err = cloud(project, "provision", "--id", "sensor-9", "--target", "local")
     assert code == 1 and "--force" in err
     assert key.read_bytes() == before
-    code, _, _ = cloud(project, "provision", "--id", "sensor-9", "--force")
+    code, _, _ = cloud(project, "provision", "--id", "sensor-9", "--target", "local", "--force")
     assert code == 0 and key.read_bytes() != before

@@ -214,8 +214,8 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, dev
         assert connects(devices, state.mqtt_port, gone)
 
         revoke_device_local(root, "st-gone")
-        restart = "import sys; from pathlib import Path; from cloud.revocation import "
-        restart += "restart_local_broker as r; print(r(Path(sys.argv[1])))"
+        restart = "import sys; from pathlib import Path; from cloud.local.stack import "
+        restart += "restart_broker as r; print(r(Path(sys.argv[1])))"
         new_pid = int(cloud(root, "-c", restart, str(root)))
 
         assert new_pid != state.pids["mosquitto"]
