@@ -1,0 +1,170 @@
+"""The tutorial's scenario, end to end, as a user runs it: `cloud local up`, 10 simulated
+sensors x 1000 readings, then the table, the exports and the tutorial's own SQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cloud.aws import Endpoint
+from cloud.local import stack
+from cloud.local.ports import free_port
+from tests.mqtt import Subscriber
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICES, READINGS = 10, 1000
+TUTORIAL_SQL = (
+    "SELECT sensorid.s AS sensor, count(*) AS n, avg(temperature.n) AS avg_temp "
+    "FROM sensor_data GROUP BY sensorid.s"
+)
+
+
+def run(folder: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    return proc.stdout
+
+
+def scan(endpoint: Endpoint, table: str) -> list[dict]:
+    ddb, items, kwargs = endpoint.client("dynamodb"), [], {"TableName": table}
+    while True:
+        page = ddb.scan(**kwargs)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def per_sensor(rows: list[tuple[str, float]]) -> dict[str, tuple[int, float]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for sensor, temp in rows:
+        groups[sensor].append(temp)
+    return {s: (len(v), sum(v) / len(v)) for s, v in groups.items()}
+
+
+def query(folder: Path, sql: str, data: str) -> dict[str, tuple[int, float]]:
+    out = run(folder, "cloud", "query", sql, "--data", data, "--format", "json")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {r["sensor"]: (r["n"], r["avg_temp"]) for r in rows}
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    run(
+        tmp_path,
+        "cloud",
+        "local",
+        "up",
+        "--mqtt-port",
+        str(free_port()),
+        "--moto-port",
+        str(free_port()),
+    )
+    yield tmp_path
+    run(tmp_path, "cloud", "local", "down")
+
+
+@pytest.mark.slow
+def test_ten_sensors_times_a_thousand_readings_from_device_to_sql(project: Path):
+    state = stack.running_state(project)
+    assert state is not None
+    sub = Subscriber(state.mqtt_port, stack.device_identity(project, "ingest"), client_id="witness")
+    sub.start()
+    try:
+        out = run(
+            project,
+            "device",
+            "simulate",
+            "--devices",
+            str(DEVICES),
+            "--count",
+            str(READINGS),
+            "--interval",
+            "0",
+            "--outbox-dir",
+            str(project / "outbox"),
+            "-q",
+        )
+        assert (
+            f"{DEVICES} devices: published {DEVICES * READINGS}, acknowledged {DEVICES * READINGS}"
+            in out
+        )
+        sub.wait_for(lambda ms: len(ms) >= DEVICES * READINGS, timeout=120)
+    finally:
+        sub.stop()
+    sent = {}
+    for message in sub.messages:
+        body = message.json()
+        sent[(body["sensor_id"], body["ts"])] = body
+
+    # The table: exactly one item per reading, each equal to what its device sent.
+    run(project, "cloud", "summary", "--wait-for", str(DEVICES * READINGS))
+    items = scan(state.endpoint, state.table)
+    assert len(items) == DEVICES * READINGS == len(sent)
+    for item in items:
+        body = sent[(item["SensorId"]["S"], int(item["CurrentTime"]["N"]))]
+        assert float(item["Temperature"]["N"]) == body["temperature"]
+        assert int(item["Seq"]["N"]) == body["seq"]
+    expected = per_sensor([(i["SensorId"]["S"], float(i["Temperature"]["N"])) for i in items])
+    assert len(expected) == DEVICES
+
+    # Data Pipeline's layout in a folder: 10,000 lines, and the tutorial's SQL unchanged.
+    exports = project / "exports"
+    run(
+        project,
+        "cloud",
+        "export",
+        "--to",
+        str(exports),
+        "--format",
+        "datapipeline",
+        "--settle",
+        "0",
+    )
+    lines = [
+        line
+        for f in sorted((exports / "sensor_data").iterdir())
+        for line in f.read_text().splitlines()
+    ]
+    assert len(lines) == DEVICES * READINGS
+    assert set(json.loads(lines[0])["SensorId"]) == {"s"}
+    got = query(project, TUTORIAL_SQL, str(exports))
+    assert got.keys() == expected.keys()
+    for sensor, (n, avg) in expected.items():
+        assert got[sensor][0] == n
+        assert got[sensor][1] == pytest.approx(avg, abs=1e-4)  # struct<n:float> is 32-bit
+
+    # Parquet on S3 (moto), through the flat `readings` table: the same answers.
+    run(
+        project,
+        "cloud",
+        "export",
+        "--to",
+        "s3://sensor-exports/",
+        "--format",
+        "parquet",
+        "--settle",
+        "0",
+    )
+    got = query(
+        project,
+        "SELECT sensor_id AS sensor, count(*) AS n, avg(temperature) AS avg_temp FROM readings GROUP BY 1",
+        "s3://sensor-exports/",
+    )
+    assert got.keys() == expected.keys()
+    for sensor, (n, avg) in expected.items():
+        assert got[sensor][0] == n
+        assert got[sensor][1] == pytest.approx(avg, rel=1e-12)
