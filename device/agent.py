@@ -142,7 +142,8 @@ class Agent:
             self._transport.stop(timeout=5.0)
             self._handle_events(0)
             self.summary.buffered = len(self.outbox)
-            self.summary.dropped = self.outbox.dropped - self._dropped_at_start
+            # Plus any batch an outbox write error lost, counted as it happened.
+            self.summary.dropped += self.outbox.dropped - self._dropped_at_start
             self.outbox.close()
             self.sensor.close()
         return self.summary
