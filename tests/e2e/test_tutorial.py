@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -15,7 +16,8 @@ import pytest
 from cloud.aws import Endpoint
 from cloud.local import stack
 from cloud.local.ports import free_port
-from tests.mqtt import Subscriber
+from cloud.table import item_count
+from tests.mqtt import Subscriber, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICES, READINGS = 10, 1000
@@ -161,10 +163,51 @@ def test_ten_sensors_times_a_thousand_readings_from_device_to_sql(project: Path)
     )
     got = query(
         project,
-        "SELECT sensor_id AS sensor, count(*) AS n, avg(temperature) AS avg_temp FROM readings GROUP BY 1",
+        "SELECT sensor_id AS sensor, count(*) AS n, avg(temperature) AS avg_temp "
+        "FROM readings GROUP BY 1",
         "s3://sensor-exports/",
     )
     assert got.keys() == expected.keys()
     for sensor, (n, avg) in expected.items():
         assert got[sensor][0] == n
         assert got[sensor][1] == pytest.approx(avg, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_ingest_killed_mid_stream_and_restarted_still_writes_each_reading_once(project: Path):
+    state = stack.running_state(project)
+    assert state is not None
+    ddb = state.endpoint.client("dynamodb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "device", "simulate", "--devices", str(DEVICES),
+         "--count", str(READINGS), "--interval", "0.002",
+         "--outbox-dir", str(project / "outbox"), "-q"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # Kill ingest once it is writing, mid-stream, with no chance to flush or ack.
+        wait_until(lambda: item_count(ddb, state.table) >= 1000, timeout=120, what="writes")
+        os.kill(state.pids["ingest"], signal.SIGKILL)
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "cloud", "ingest"],
+            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            out, err = fleet.communicate(timeout=300)
+            assert fleet.returncode == 0, err
+            run(project, "cloud", "summary", "--wait-for", str(DEVICES * READINGS))
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            out, err = restarted.communicate(timeout=60)
+        assert restarted.returncode == 0, err
+        written = int(out.split("written ")[1].split(",")[0])
+        assert written > 0, "the restarted ingest wrote what the killed one had not"
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+            fleet.communicate()
+    items = scan(state.endpoint, state.table)
+    keys = {(i["SensorId"]["S"], int(i["Seq"]["N"])) for i in items}
+    assert len(items) == len(keys) == DEVICES * READINGS
+    assert keys == {(f"sensor-{d}", s) for d in range(1, DEVICES + 1) for s in range(READINGS)}
