@@ -121,6 +121,24 @@ def pick_port() -> int:
     return port
 
 
+def start_subscriber(port: int, identity: Identity, stack: contextlib.ExitStack) -> None:
+    """A reader on sensors/+/data, as ingest would be: Mosquitto drops (PUBACK "no matching
+    subscribers") what nobody subscribes to, and the agent keeps such readings to resend."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-reader", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.tls_set(str(identity.ca), str(identity.cert), str(identity.key))
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *_: c.subscribe("sensors/+/data", qos=0)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(HOST, port)
+    client.loop_start()
+    stack.callback(client.loop_stop)
+    stack.callback(client.disconnect)
+    if not subscribed.wait(10):
+        raise BenchError("the reader on sensors/+/data got no SUBACK")
+
+
 def make_pki(root: Path) -> tuple[LocalCA, Identity, Identity, Identity]:
     ca = LocalCA.create(root / "ca")
     server = ca.issue("localhost", root / "server", server_names=(HOST, "localhost"))
@@ -157,6 +175,7 @@ def set_up(stack: contextlib.ExitStack) -> Setup:
     try:
         ca, server, baseline, agent = make_pki(root)
         port = start_broker(root, ca, server, stack)
+        start_subscriber(port, ca.issue("ingest", root / "devices" / "ingest"), stack)
     except (PipelineError, OSError) as exc:
         raise BenchError(f"setup failed: {exc}") from exc
     return Setup(root, port, baseline, agent, find_agent_exe())

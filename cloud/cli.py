@@ -353,11 +353,10 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
 )
 @click.option(
     "--share-group",
-    default="ingest",
-    show_default=True,
-    help="MQTT 5 shared subscription group, so several ingest processes split the load.",
+    help="Join this MQTT 5 shared subscription group, so several ingest processes split the "
+    "load. Off by default: Mosquitto 2.0 forgets shared subscriptions when it restarts, "
+    "and readings sent before ingest is back would be dropped.",
 )
-@click.option("--no-share-group", is_flag=True, help="Subscribe plainly instead.")
 @click.option(
     "--ready-file",
     type=click.Path(path_type=Path),
@@ -368,8 +367,7 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
 def ingest(
     dead_letter: Path | None,
     client_id: str,
-    share_group: str,
-    no_share_group: bool,
+    share_group: str | None,
     ready_file: Path | None,
     target: str | None,
     endpoint_url: str | None,
@@ -396,7 +394,7 @@ def ingest(
         table=chosen.table,
         dead_letter=dead_letter or stack.state_dir(root) / "dead-letter.jsonl",
         client_id=client_id,
-        share_group=None if no_share_group else share_group,
+        share_group=share_group,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -108,7 +108,10 @@ class IngestSettings:
     table: str
     dead_letter: Path  # JSON lines, see cloud.deadletter
     client_id: str = "cloud-ingest"  # one per instance: the broker keeps a session per id
-    share_group: str | None = "ingest"  # None: a plain subscription (one instance only)
+    # None: a plain subscription (one instance; kept across broker restarts). A group lets
+    # several instances split the load, but Mosquitto 2.0 does not restore shared
+    # subscriptions from persistence: until ingest resubscribes, readings are dropped.
+    share_group: str | None = None
     batch_size: int = MAX_BATCH
     batch_seconds: float = 0.2  # a partial batch is written after this long
     receive_maximum: int = 500  # unacknowledged messages the broker may send us at once

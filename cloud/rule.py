@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from cloud.table import number
@@ -45,6 +46,15 @@ def rule_sql() -> str:
     return f"SELECT {selected} FROM '{TOPIC_FILTER}' WHERE v = 1"  # noqa: S608
 
 
+def _storable(name: str, value: float | int) -> str:
+    """DynamoDB's N: at most 38 significant digits, magnitude 1E-130 up to 1E+126, or 0."""
+    text = number(value)
+    d = Decimal(text)
+    if d != 0 and (len(d.normalize().as_tuple().digits) > 38 or not -130 <= d.adjusted() <= 125):
+        raise PayloadError("number out of range", f"{name} {text}: DynamoDB cannot store it")
+    return text
+
+
 def topic_sensor_id(topic: str) -> str:
     """`topic(2)`: the second level of `sensors/<id>/data`."""
     parts = topic.split("/")
@@ -70,5 +80,7 @@ def to_item(topic: str, payload: bytes, received_ms: int | None = None) -> dict[
         if column.source not in fields:
             continue
         value = fields[column.source]
-        item[column.attribute] = {column.kind: value if column.kind == "S" else number(value)}
+        item[column.attribute] = {
+            column.kind: value if column.kind == "S" else _storable(column.source, value)
+        }
     return item

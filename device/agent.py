@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from device.backoff import Backoff
 from device.config import AgentConfig
 from device.errors import BrokerError, OutboxError, SensorReadError
 from device.outbox import Outbox
@@ -83,6 +84,9 @@ class Agent:
         self._resend: list[int] = []  # heap of seqs the transport gave back
         self._cursor = -1  # highest seq handed to the transport from the outbox
         self._produced = 0
+        self._unremoved: list[int] = []  # acknowledged, but the outbox could not delete them
+        self._hold_until = 0.0  # after a refused delivery, wait before sending again
+        self._hold_backoff = Backoff(initial=0.2, cap=5.0)
 
     def close(self) -> None:
         """Release the outbox and sensor of an agent that will not run."""
@@ -190,7 +194,7 @@ class Agent:
         return None
 
     def _fill_window(self) -> None:
-        if not self._connected:
+        if not self._connected or self._clock() < self._hold_until:
             return
         free = self.config.inflight - len(self._inflight)
         if free <= 0:
@@ -226,22 +230,35 @@ class Agent:
         except queue.Empty:
             pass
         if acked:
-            try:
-                self.outbox.remove(acked)
-            except OutboxError as exc:
-                # They are delivered; at worst they are sent again after a restart.
-                log.error("%s; %d acknowledged reading(s) may be sent twice", exc, len(acked))
             self.summary.acknowledged += len(acked)
+            self._unremoved.extend(acked)
+        if self._unremoved:
+            try:
+                self.outbox.remove(self._unremoved)
+            except OutboxError as exc:
+                # They are delivered; tried again at the next event, or sent again next run.
+                if acked:
+                    log.error("%s; %d acknowledged reading(s) not yet removed", exc, len(acked))
+            else:
+                self._unremoved.clear()
 
     def _handle(self, event: str, value: Any, acked: list[int]) -> None:
         if event == "ack":
             if value in self._inflight:
                 self._inflight.discard(value)
                 acked.append(value)
+                self._hold_backoff.reset()
         elif event == "failed":
             if value in self._inflight:
                 self._inflight.discard(value)
                 heapq.heappush(self._resend, value)
+                if self._hold_backoff.attempt == 0:
+                    log.warning(
+                        "the broker did not take reading seq %d (no subscriber yet, or not "
+                        "connected): kept in the outbox and sent again",
+                        value,
+                    )
+                self._hold_until = self._clock() + self._hold_backoff.next_delay()
         elif event == "connection":
             up, why = value
             if up and not self._connected:

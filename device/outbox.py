@@ -164,7 +164,8 @@ class Outbox:
                     self._set("dropped", self.dropped + dropped)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from None

@@ -125,6 +125,8 @@ def parse_payload(payload: bytes, topic_sensor_id: str | None = None) -> Reading
         raise PayloadError("not UTF-8", str(exc)) from None
     except json.JSONDecodeError as exc:
         raise PayloadError("not JSON", str(exc)) from None
+    except RecursionError:
+        raise PayloadError("not JSON", "nested too deeply") from None
     if not isinstance(body, dict):
         raise PayloadError("not a JSON object", type(body).__name__)
     if body.get("v") != VERSION or isinstance(body.get("v"), bool):

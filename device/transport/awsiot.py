@@ -211,6 +211,10 @@ class AwsIotTransport:
         result = future.result()
         puback = getattr(result, "puback", None)
         code = getattr(puback, "reason_code", None)
+        if code == mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS:
+            # Mosquitto dropped it, as nobody subscribes (yet): keep it and send it again.
+            self._callbacks.on_failed(token)
+            return
         if isinstance(code, mqtt5.PubackReasonCode) and code < _PUBACK_FAILURE_MIN:
             self._callbacks.on_ack(token)
             return

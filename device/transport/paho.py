@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: The broker keeps our session (and our unacknowledged publishes) this long while we are away.
 SESSION_EXPIRY_SECONDS = 3600
+#: Mosquitto's PUBACK when nobody subscribes: it dropped the message, so it is not delivered.
+_NO_MATCHING_SUBSCRIBERS = 0x10
 KEEPALIVE_SECONDS = 30
 #: CONNACK / PUBACK reason codes that retrying cannot fix.
 _FATAL_REASONS = {
@@ -77,6 +79,9 @@ class PahoTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_log = self._on_log
+        self._connacked = False
+        self._socket_error: str | None = None
         # Without loop_start(), paho's publish() writes to the socket from the caller's
         # thread while our network thread reads it: two threads in one TLS connection
         # corrupt it ("bad record mac", reconnects, heap errors). With this callback set,
@@ -150,11 +155,23 @@ class PahoTransport:
             except (TimeoutError, OSError) as exc:
                 self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
                 continue
+            self._connacked = False
+            self._socket_error = None
             while not self._stop.is_set():
                 rc = self._client.loop(timeout=0.5)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
-            if not self._stop.is_set():
+            if self._stop.is_set() or self._closing:
+                pass
+            elif broker.tls and not self._connacked:
+                # TLS 1.3: the client's handshake completes before the broker checks our
+                # certificate; its refusal only shows on the first read.
+                self._lost(
+                    f"TLS handshake with {broker} failed ({self._socket_error or 'closed'}): "
+                    "the broker refused the connection before accepting it; most often it "
+                    "does not trust this device's certificate (revoked, expired, another CA)"
+                )
+            else:
                 self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
         # Let the DISCONNECT we queued in stop() go out.
         self._client.loop(timeout=0.1)
@@ -184,6 +201,7 @@ class PahoTransport:
                 )
                 self._stop.set()
             return
+        self._connacked = True
         self._backoff.reset()
         info = client.publish(self._status_topic, b"online", qos=1, retain=True)
         self._status_mids.add(info.mid)
@@ -203,6 +221,10 @@ class PahoTransport:
             self._callbacks.on_connection(
                 False, f"disconnected from {self._config.broker}: {reason}"
             )
+
+    def _on_log(self, client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and "socket" in buf:
+            self._socket_error = buf
 
     def _on_publish(
         self,
@@ -225,6 +247,10 @@ class PahoTransport:
         self._resolve(token, reason)
 
     def _resolve(self, token: int, reason: ReasonCode) -> None:
+        if reason.value == _NO_MATCHING_SUBSCRIBERS:
+            # Mosquitto dropped it: nobody subscribes (yet). Keep it and send it again.
+            self._callbacks.on_failed(token)
+            return
         if reason.is_failure:
             self._callbacks.on_fatal(
                 f"broker {self._config.broker} refused a publish: {reason} "

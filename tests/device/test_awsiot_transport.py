@@ -18,8 +18,16 @@ from tests.mqtt import finish, start_agent
 
 def agent_args(port: int, device_id: str, tls: list[str], tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--id", device_id, "--transport", "awsiot", "--broker", f"mqtts://127.0.0.1:{port}",
-        *tls, "--outbox", str(tmp_path / "outbox.sqlite"), *extra,
+        "--id",
+        device_id,
+        "--transport",
+        "awsiot",
+        "--broker",
+        f"mqtts://127.0.0.1:{port}",
+        *tls,
+        "--outbox",
+        str(tmp_path / "outbox.sqlite"),
+        *extra,
     ]
 
 
@@ -28,10 +36,19 @@ def test_fifty_readings_without_flow_control_arrive_in_order_as_payload_v1(
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args(device_id), tmp_path,
-        "--no-flow-control", "--count", "50", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--no-flow-control",
+            "--count",
+            "50",
+            "--interval",
+            "0",
+        )
+    )
     code, out, err = finish(proc)
     assert code == 0, err
     assert f"{device_id}: published 50, acknowledged 50, buffered 0, dropped 0" in out
@@ -48,9 +65,18 @@ def test_with_flow_control_on_everything_still_arrives(
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args(device_id), tmp_path, "--count", "5", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--count",
+            "5",
+            "--interval",
+            "0",
+        )
+    )
     code, out, err = finish(proc)
     assert code == 0, err
     assert "acknowledged 5, buffered 0" in out
@@ -63,9 +89,18 @@ def test_flow_control_on_keeps_to_aws_iot_cores_100_publishes_per_second(
 ):
     port = shared_broker.config.port
     started = time.monotonic()
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args(device_id), tmp_path, "--count", "300", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--count",
+            "300",
+            "--interval",
+            "0",
+        )
+    )
     code, out, err = finish(proc)
     elapsed = time.monotonic() - started
     assert code == 0, err
@@ -80,10 +115,20 @@ def test_qos0_readings_are_acknowledged_once_sent(
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args(device_id), tmp_path,
-        "--qos", "0", "--count", "20", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--qos",
+            "0",
+            "--count",
+            "20",
+            "--interval",
+            "0",
+        )
+    )
     code, out, err = finish(proc)
     assert code == 0, err
     assert "acknowledged 20, buffered 0" in out
@@ -96,9 +141,18 @@ def test_retained_status_is_online_while_running_and_offline_after_a_clean_exit(
     port = shared_broker.config.port
     status = f"sensors/{device_id}/status"
     watcher = subscribe(port, topics=(status,))
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args(device_id), tmp_path, "--count", "10", "--interval", "0.2",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--count",
+            "10",
+            "--interval",
+            "0.2",
+        )
+    )
     watcher.wait_for(lambda ms: any(m.payload == b"online" for m in ms))
     assert proc.poll() is None, "online must be published while the agent runs"
 
@@ -120,9 +174,18 @@ def test_publish_refused_by_the_acl_stops_the_agent_with_one_clear_line(
     sub = subscribe(port)
     # Mosquitto names the client by its certificate: "other-dev" may not write under
     # sensors/<device_id>/, and MQTT 5 says so with PUBACK reason NOT_AUTHORIZED.
-    proc = start_agent(*agent_args(
-        port, device_id, tls_args("other-dev"), tmp_path, "--count", "5", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            port,
+            device_id,
+            tls_args("other-dev"),
+            tmp_path,
+            "--count",
+            "5",
+            "--interval",
+            "0",
+        )
+    )
     code, _, err = finish(proc)
     assert code == 1, err
     assert "Traceback" not in err
@@ -142,9 +205,18 @@ def test_broker_certificate_from_another_ca_is_fatal_not_retried(
     wrong_ca = LocalCA.create(tmp_path / "wrong-ca")
     tls = ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(wrong_ca.cert_path)]
     started = time.monotonic()
-    proc = start_agent(*agent_args(
-        shared_broker.config.port, device_id, tls, tmp_path, "--count", "1", "--interval", "0",
-    ))
+    proc = start_agent(
+        *agent_args(
+            shared_broker.config.port,
+            device_id,
+            tls,
+            tmp_path,
+            "--count",
+            "1",
+            "--interval",
+            "0",
+        )
+    )
     code, _, err = finish(proc)
     assert code == 1, err
     assert "Traceback" not in err
@@ -159,10 +231,19 @@ def test_broker_restarted_mid_run_the_client_reconnects_and_loses_nothing(
 ):
     broker = start_broker()
     sub = subscribe(broker.config.port)
-    proc = start_agent(*agent_args(
-        broker.config.port, device_id, tls_args(device_id), tmp_path,
-        "--no-flow-control", "--count", "300", "--interval", "0.005",
-    ))
+    proc = start_agent(
+        *agent_args(
+            broker.config.port,
+            device_id,
+            tls_args(device_id),
+            tmp_path,
+            "--no-flow-control",
+            "--count",
+            "300",
+            "--interval",
+            "0.005",
+        )
+    )
     sub.wait_readings(device_id, 30)
     broker.stop()
     broker.start()

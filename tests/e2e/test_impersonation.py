@@ -1,0 +1,89 @@
+"""A device with a valid certificate of its own (mallory) cannot publish as another device
+(the victim), whatever client id it picks, and cannot read other devices' readings. What
+counts is what subscribers receive: the broker's ACL goes by certificate name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from cloud.local.mosquitto import Mosquitto
+from tests.conftest import Pki
+from tests.e2e.conftest import Agents, RawDevice, summary_line
+from tests.mqtt import Subscriber
+
+READINGS = 30
+
+
+def forged(victim: str, seq: int) -> bytes:
+    body = {"v": 1, "sensor_id": victim, "ts": 1_000 + seq, "seq": seq, "temperature": -99.0}
+    return json.dumps(body).encode()
+
+
+def test_a_device_cannot_publish_as_another_even_with_its_client_id(
+    pki: Pki,
+    shared_broker: Mosquitto,
+    subscribe: Callable[..., Subscriber],
+    agents: Agents,
+    device_id: str,
+) -> None:
+    port = shared_broker.config.port
+    victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
+    witness = subscribe(port, topics=(f"sensors/{victim}/#",))
+    agent = agents.one(victim, port, "--count", str(READINGS), "--interval", "0.05")
+    witness.wait_readings(victim, 5)
+
+    # Mallory takes the victim's client id (the broker hands it the victim's session) and
+    # publishes readings and a retained status under the victim's topics.
+    intruder = RawDevice.connect(port, pki.device(mallory), client_id=victim)
+    try:
+        data = intruder.publish_all(
+            f"sensors/{victim}/data", [forged(victim, 10_000 + n) for n in range(5)]
+        )
+        info = intruder.client.publish(f"sensors/{victim}/status", b"spoofed", qos=1, retain=True)
+        intruder.wait(lambda: info.mid in intruder.acks, "the status PUBACK")
+        status = intruder.acks[info.mid]
+    finally:
+        intruder.close()
+    # MQTT 5 tells the publisher; MQTT 3.1.1 would have said "success" and dropped it.
+    assert set(data) == {"Not authorized"} and status == "Not authorized"
+
+    assert agent.wait(60) == 0, agent.err()[-3000:]
+    assert f"acknowledged {READINGS}, buffered 0" in summary_line(agent.out(), victim)
+    witness.wait_readings(victim, READINGS)
+    seqs = sorted(r["seq"] for r in witness.readings(victim))
+    assert sorted(set(seqs)) == list(range(READINGS)), "only the victim's own readings"
+    assert all(r["temperature"] != -99.0 for r in witness.readings(victim))
+    assert not [m for m in witness.messages if m.payload == b"spoofed"]
+    # A newcomer gets the victim's own retained status, not mallory's.
+    late = subscribe(port, topics=(f"sensors/{victim}/status",))
+    late.wait_for(lambda ms: any(m.retain for m in ms), timeout=10)
+    assert [m.payload for m in late.messages if m.retain] == [b"offline"]
+
+
+def test_a_device_cannot_read_other_devices_readings(
+    pki: Pki,
+    shared_broker: Mosquitto,
+    agents: Agents,
+    subscribe: Callable[..., Subscriber],
+    device_id: str,
+) -> None:
+    port = shared_broker.config.port
+    victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
+    spy = RawDevice.connect(port, pki.device(mallory), client_id=mallory)
+    try:
+        subacks = spy.subscribe(
+            "sensors/+/data", f"sensors/{victim}/data", f"sensors/{victim}/#", "sensors/#", "#"
+        )
+        witness = subscribe(port, topics=(f"sensors/{victim}/data",))
+        agent = agents.one(victim, port, "--count", "20", "--interval", "0")
+        assert agent.wait(60) == 0, agent.err()[-3000:]
+        witness.wait_readings(victim, 20)  # the victim's readings were there to be read
+
+        # The spy's own reading does reach it: its subscriptions work, for its own topic.
+        assert spy.publish_all(f"sensors/{mallory}/data", [b"mine"]) == ["Success"]
+        spy.wait(lambda: (f"sensors/{mallory}/data", b"mine") in spy.received(), "its own")
+        leaked = [t for t, _ in spy.received() if not t.startswith(f"sensors/{mallory}/")]
+    finally:
+        spy.close()
+    assert leaked == [], f"mallory read other devices' topics (SUBACKs: {subacks})"

@@ -1,0 +1,62 @@
+"""The local stack's broker has no plaintext listener unless asked for one: its default
+config has exactly one listener, on loopback, with client certificates required; the
+running broker listens on that one socket only; and plain MQTT to it gets no session."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from cloud.cli import local_up
+from cloud.local import stack
+from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from tests.conftest import Pki
+from tests.e2e.mqtt_raw import attempt
+
+
+def listeners(conf: str) -> list[str]:
+    return [ln for ln in conf.splitlines() if ln.split(" ", 1)[0] == "listener"]
+
+
+def test_default_config_has_one_tls_listener_that_requires_certificates(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # `cloud local up` asks for no plaintext port unless --plaintext-port is given.
+    assert local_up.make_context("up", []).params["plaintext_port"] is None
+    assert inspect.signature(stack.up).parameters["plaintext_port"].default is None
+
+    config = MosquittoConfig(tmp_path, 8883, pki.ca.cert_path, pki.server.cert, pki.server.key)
+    conf = config.render()
+    assert listeners(conf) == ["listener 8883 127.0.0.1"]
+    after = conf.split("listener 8883 127.0.0.1", 1)[1].splitlines()
+    for line in (
+        f"cafile {pki.ca.cert_path}",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ):
+        assert line in after, f"{line!r} missing from the listener's settings"
+    assert "allow_anonymous false" in conf.splitlines()
+    # The check above can fail: asking for a plaintext port shows up as a second listener.
+    with_plain = MosquittoConfig(
+        tmp_path, 8883, pki.ca.cert_path, pki.server.cert, pki.server.key, plaintext_port=1884
+    )
+    assert len(listeners(with_plain.render())) == 2
+
+
+def test_running_broker_listens_only_on_its_tls_port_and_refuses_plain_mqtt(
+    start_broker: Callable[..., Mosquitto], subscribe: Callable[..., object]
+) -> None:
+    broker = start_broker()  # the default config, as `cloud local up` writes it
+    port = broker.config.port
+    assert broker.pid is not None
+    sockets = psutil.Process(broker.pid).net_connections(kind="inet")
+    listening = {(c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", port)}
+
+    plain = attempt(port, None, "plain-client", "sensors/plain-client/data", b"hello")
+    assert plain.connack is None, f"plain MQTT got a CONNACK ({plain.connack})"
+    assert plain.refusal, plain
+    assert "New client connected" not in broker.config.log_path.read_text()
