@@ -121,21 +121,34 @@ def pick_port() -> int:
     return port
 
 
+_READER = """
+import sys, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-reader",
+                protocol=MQTTProtocolVersion.MQTTv5)
+c.tls_set(ca, cert, key)
+c.on_connect = lambda c, *_: c.subscribe("sensors/+/data", qos=0)
+c.on_subscribe = lambda *_: print("ready", flush=True)
+c.connect(host, port)
+c.loop_forever()
+"""
+
+
 def start_subscriber(port: int, identity: Identity, stack: contextlib.ExitStack) -> None:
     """A reader on sensors/+/data, as ingest would be: Mosquitto drops (PUBACK "no matching
-    subscribers") what nobody subscribes to, and the agent keeps such readings to resend."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="bench-reader", protocol=MQTTProtocolVersion.MQTTv5
+    subscribers") what nobody subscribes to, and the agent keeps such readings to resend.
+    It runs in a process of its own, so its thread takes no GIL time from the baseline."""
+    files = [str(identity.ca), str(identity.cert), str(identity.key)]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, HOST, str(port), *files],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    client.tls_set(str(identity.ca), str(identity.cert), str(identity.key))
-    subscribed = threading.Event()
-    client.on_connect = lambda c, *_: c.subscribe("sensors/+/data", qos=0)
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.connect(HOST, port)
-    client.loop_start()
-    stack.callback(client.loop_stop)
-    stack.callback(client.disconnect)
-    if not subscribed.wait(10):
+    stack.callback(reader.wait)
+    stack.callback(reader.kill)
+    assert reader.stdout is not None
+    if reader.stdout.readline().strip() != "ready":
         raise BenchError("the reader on sensors/+/data got no SUBACK")
 
 
@@ -206,6 +219,9 @@ def run_baseline(setup: Setup, n: int) -> float:
     """
     connected = threading.Event()
     all_acked = threading.Event()
+    # The same window as the agent's (--inflight): publishing all n at once would make paho
+    # queue the rest and walk that queue on every PUBACK, a slower baseline than fair.
+    window = threading.BoundedSemaphore(INFLIGHT)
     acks = 0
     refused: list[str] = []
 
@@ -219,6 +235,7 @@ def run_baseline(setup: Setup, n: int) -> float:
         if reason.is_failure:
             refused.append(f"PUBACK {reason}")
         acks += 1
+        window.release()
         if acks >= n or refused:
             all_acked.set()
 
@@ -233,7 +250,8 @@ def run_baseline(setup: Setup, n: int) -> float:
         if not connected.wait(deadline) or refused:
             raise BenchError(f"baseline: no CONNACK from the broker ({refused or 'timeout'})")
         for _ in range(n):
-            # paho sends INFLIGHT at once and queues the rest, releasing one per PUBACK.
+            if not window.acquire(timeout=deadline):
+                raise BenchError(f"baseline: no PUBACK for {deadline:.0f}s ({acks} of {n})")
             info = client.publish(topic, PAYLOAD, qos=QOS)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise BenchError(f"baseline: publish failed: {mqtt.error_string(info.rc)}")
