@@ -80,6 +80,8 @@ class PahoTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_log = self._on_log
+        # MQTT packets at DEBUG on the "paho" logger (device-agent -vv shows them).
+        client.enable_logger(logging.getLogger("paho"))
         self._connacked = False
         self._socket_error: str | None = None
         # Without loop_start(), paho's publish() writes to the socket from the caller's
