@@ -7,6 +7,7 @@ boto3 honours AWS_ENDPOINT_URL and AWS_PROFILE by itself; `Endpoint` only adds t
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,4 +49,16 @@ class Endpoint:
             kwargs["endpoint_url"] = self.url
         if self.is_local:
             kwargs.update(LOCAL_CREDENTIALS)
-        return boto3.session.Session().client(service, **kwargs)
+        return _session().client(service, **kwargs)
+
+
+_sessions = threading.local()
+
+
+def _session() -> boto3.session.Session:
+    """One boto3 session per thread: making one reads the credential and config files
+    (~0.2 s), and a session is not safe to share between threads."""
+    session = getattr(_sessions, "session", None)
+    if session is None:
+        session = _sessions.session = boto3.session.Session()
+    return session

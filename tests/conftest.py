@@ -40,6 +40,17 @@ class Pki:
         return self._issued[name]
 
 
+@pytest.fixture
+def tls_args(pki: Pki) -> Callable[[str], list[str]]:
+    """`--cert --key --ca` flags for a device's certificate, made on demand."""
+
+    def make(name: str) -> list[str]:
+        ident = pki.device(name)
+        return ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(ident.ca)]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))

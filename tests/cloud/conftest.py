@@ -4,10 +4,8 @@ raw device publishers, and table reads."""
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +14,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
-from cloud.ingest import Ingest, IngestSettings, IngestStats
+from cloud.ingest import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.conftest import Pki
-
-
-@pytest.fixture
-def tls_args(pki: Pki) -> Callable[[str], list[str]]:
-    def make(name: str) -> list[str]:
-        ident = pki.device(name)
-        return ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(ident.ca)]
-
-    return make
+from tests.ingest_run import Running, ingest_runner
 
 
 @pytest.fixture
@@ -50,66 +40,10 @@ def ingest_settings(
     )
 
 
-@dataclass
-class Running:
-    """An Ingest running on a thread of the test process."""
-
-    ingest: Ingest
-    stop: threading.Event = field(default_factory=threading.Event)
-    outcome: IngestStats | BaseException | None = None
-
-    def __post_init__(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="test-ingest", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.outcome = self.ingest.run(self.stop)
-        except BaseException as exc:  # handed to the test by finish()
-            self.outcome = exc
-
-    @property
-    def stats(self) -> IngestStats:
-        return self.ingest.stats
-
-    def wait(self, predicate: Callable[[IngestStats], bool], timeout: float = 30) -> None:
-        """Poll the bridge's own counters (cheap, unlike scanning moto's table)."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.ingest.stats):
-            if not self.thread.is_alive():
-                raise AssertionError(f"ingest stopped early: {self.outcome!r}")
-            assert time.monotonic() < deadline, f"timed out; {self.ingest.stats.line()}"
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 20) -> IngestStats:
-        self.stop.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "ingest did not stop"
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        assert self.outcome is not None
-        return self.outcome
-
-
 @pytest.fixture
 def run_ingest() -> Iterator[Callable[..., Running]]:
     """Start ingest in-process; the test waits for its subscription before publishing."""
-    started: list[Running] = []
-
-    def start(settings: IngestSettings, wait_ready: bool = True, **kwargs: Any) -> Running:
-        running = Running(Ingest(settings, **kwargs))
-        started.append(running)
-        running.thread.start()
-        if wait_ready:
-            deadline = time.monotonic() + 15
-            while not running.ingest.ready.wait(0.05):
-                assert running.thread.is_alive(), f"ingest stopped: {running.outcome!r}"
-                assert time.monotonic() < deadline, "ingest never subscribed"
-        return running
-
-    yield start
-    for running in started:
-        running.stop.set()
-        running.thread.join(20)
+    yield from ingest_runner()
 
 
 class DevicePublisher:

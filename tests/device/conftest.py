@@ -3,19 +3,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import Pki
-
-
-@pytest.fixture
-def tls_args(pki: Pki):
-    def make(name: str) -> list[str]:
-        ident = pki.device(name)
-        return ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(ident.ca)]
-
-    return make
-
 
 def outbox_rows(path: Path) -> int:
     """Readings waiting in an agent's outbox, read as a user would with sqlite3."""

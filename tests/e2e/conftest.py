@@ -31,12 +31,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
 from cloud.cli import ingest as ingest_command
-from cloud.ingest import Ingest, IngestSettings, IngestStats
+from cloud.ingest import IngestSettings
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity
 from cloud.table import item_count
 from tests.conftest import Pki
+from tests.ingest_run import Running as SharedRunning
+from tests.ingest_run import ingest_runner
 from tests.mqtt import CHILDREN, REPO, agent_command
 
 FLEET = 5
@@ -287,34 +289,8 @@ def make_ingest_settings(
     return make
 
 
-@dataclass
-class Running:
-    """An Ingest running on a thread of the test process."""
-
-    ingest: Ingest
-    stop: threading.Event = field(default_factory=threading.Event)
-    outcome: IngestStats | BaseException | None = None
-
-    def __post_init__(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="e2e-ingest", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.outcome = self.ingest.run(self.stop)
-        except BaseException as exc:  # handed to the test by finish()/wait()
-            self.outcome = exc
-
-    @property
-    def stats(self) -> IngestStats:
-        return self.ingest.stats
-
-    def wait(self, predicate: Callable[[IngestStats], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.ingest.stats):
-            if not self.thread.is_alive():
-                raise AssertionError(f"ingest stopped early: {self.outcome!r}")
-            assert time.monotonic() < deadline, f"timed out; {self.ingest.stats.line()}"
-            time.sleep(0.05)
+class Running(SharedRunning):
+    """An Ingest on a thread of the test process, that can also wait for the table."""
 
     def settle(
         self, received: int, items: int | None = None, quiet: float = 3.0, timeout: float = 90
@@ -329,37 +305,13 @@ class Running:
         want = received if items is None else items
         settle(lambda: item_count(ddb, table), want, quiet, timeout, f"{want} items", every=0.5)
 
-    def finish(self, timeout: float = 30) -> IngestStats:
-        self.stop.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "ingest did not stop"
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        assert self.outcome is not None
-        return self.outcome
-
 
 @pytest.fixture
 def run_ingest() -> Iterator[Callable[..., Running]]:
-    """Start ingest in-process (as `cloud ingest` runs it) and wait for its subscription."""
-    started: list[Running] = []
-
-    def start(settings: IngestSettings, **kwargs: Any) -> Running:
-        # The shipped reconnect backoff: after a broker restart, ingest and the devices race
-        # to reconnect exactly as they would in the field.
-        running = Running(Ingest(settings, **kwargs))
-        started.append(running)
-        running.thread.start()
-        deadline = time.monotonic() + 20
-        while not running.ingest.ready.wait(0.05):
-            assert running.thread.is_alive(), f"ingest stopped: {running.outcome!r}"
-            assert time.monotonic() < deadline, "ingest never subscribed"
-        return running
-
-    yield start
-    for running in started:
-        running.stop.set()
-        running.thread.join(20)
+    """Start ingest in-process (as `cloud ingest` runs it) and wait for its subscription.
+    The shipped reconnect backoff: after a broker restart, ingest and the devices race to
+    reconnect exactly as they would in the field."""
+    yield from ingest_runner(Running, wait_timeout=60)
 
 
 @dataclass
