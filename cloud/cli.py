@@ -229,6 +229,8 @@ def provision(
                 str(ident.key),
                 "--ca",
                 str(ident.ca),
+                # The local stack's ingest confirms each reading it wrote (README, Guarantees).
+                "--receipts",
             ]
         )
     click.echo(f"wrote {ident.cert}, {ident.key} (0600) and {ident.ca}")

@@ -6,6 +6,12 @@ or after it is on disk as a dead letter. The broker keeps everything unacknowled
 crash, a lost connection or a table that went away loses nothing: the messages come again
 and the keyed writes make the repeat harmless.
 
+Receipts close the one gap the broker leaves: Mosquitto acknowledges a device's publish
+before the message is on disk or with us, so a broker killed at that moment loses it. After
+each write, ingest publishes the [seq, ts] of what it wrote on `sensors/<id>/receipt`; a device
+run with `--receipts` keeps each reading in its outbox until its receipt comes, and sends it
+again if none does. (On AWS the rule sends none: IoT Core's PUBACK is durable.)
+
 Threads: paho's network loop runs on a thread of ours (so reconnects use our Backoff), and
 the table work on the thread that called `run`, so a slow or throttled table never stalls
 keepalives. PUBACKs are handed back to the network thread to send: with our own loop paho
@@ -27,6 +33,7 @@ Shared subscription and persistent session, as measured on Mosquitto 2.0.11:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import ssl
@@ -54,10 +61,10 @@ from cloud.aws import Endpoint
 from cloud.deadletter import DeadLetter, DeadLetterFile
 from cloud.errors import ConfigError, PipelineError
 from cloud.local_ca import Identity
-from cloud.rule import TOPIC_FILTER, to_item
+from cloud.rule import TOPIC_FILTER, to_item, topic_sensor_id
 from cloud.table import StoreError
 from device.backoff import Backoff
-from device.payload import PayloadError
+from device.payload import PayloadError, check_sensor_id, encode_receipt, receipt_topic
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,7 @@ class IngestSettings:
     receive_maximum: int = 500  # unacknowledged messages the broker may send us at once
     report_every: float = 10.0
     session_expiry_seconds: int = 86_400  # the broker queues for us this long while we are away
+    receipts: bool = True  # confirm each written reading to its device (see the module doc)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
@@ -145,6 +153,7 @@ class IngestStats:
     written: int = 0  # items written (after collapsing duplicates)
     duplicates: int = 0  # messages collapsed into another of the same key in one batch
     dead_lettered: int = 0
+    receipts: int = 0  # receipt messages published (one per sensor per write batch)
     retries: int = 0  # BatchWriteItem calls repeated (throttled, unprocessed items, no link)
     batches: int = 0
     connections: int = 0  # successful CONNACKs; more than one means reconnects
@@ -157,8 +166,8 @@ class IngestStats:
         return (
             f"ingest: received {self.received}, written {self.written}, "
             f"duplicates {self.duplicates}, dead-lettered {self.dead_lettered}, "
-            f"retries {self.retries}, batches {self.batches}, connections {self.connections} "
-            f"in {elapsed:.1f}s ({rate:.0f} msg/s)"
+            f"retries {self.retries}, batches {self.batches}, connections {self.connections}, "
+            f"receipts {self.receipts} in {elapsed:.1f}s ({rate:.0f} msg/s)"
         )
 
 
@@ -175,6 +184,7 @@ class _Message:
 class _Batch:
     items: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     messages: list[_Message] = field(default_factory=list)
+    confirmed: dict[str, set[tuple[int, int]]] = field(default_factory=dict)  # per sensor
     deadline: float = 0.0
 
     def add(self, key: tuple[str, str], item: dict[str, Any], message: _Message) -> bool:
@@ -182,6 +192,8 @@ class _Batch:
         fresh = key not in self.items
         self.items[key] = item
         self.messages.append(message)
+        reading = (int(item["Seq"]["N"]), int(item["CurrentTime"]["N"]))
+        self.confirmed.setdefault(key[0], set()).add(reading)
         return fresh
 
 
@@ -207,6 +219,8 @@ class Ingest:
         self._connect_backoff = connect_backoff or Backoff()
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._acks: deque[_Message] = deque()  # deque append/popleft are thread-safe
+        self._receipts: deque[tuple[str, list[tuple[int, int]]]] = deque()  # (sensor, [(seq, ts)])
+        self._receipt_refused = False
         self._connection = 0  # bumped by the network thread when a connection is lost
         self._closing = threading.Event()
         self._fatal: str | None = None
@@ -296,6 +310,10 @@ class Ingest:
             self.stats.dead_lettered += 1
             log.debug("dead letter from %s: %s", message.topic, err)
             self._acks.append(message)
+            # Handled for good, as a written one: the device need not send it again.
+            rejected = _rejected_reading(message.topic, message.payload)
+            if rejected is not None and self.settings.receipts:
+                self._receipts.append((rejected[0], [rejected[1]]))
             return
         if not batch.messages:
             batch.deadline = time.monotonic() + self.settings.batch_seconds
@@ -340,6 +358,8 @@ class Ingest:
         self.stats.batches += 1
         self.stats.written += len(batch.items)
         self._acks.extend(batch.messages)
+        if self.settings.receipts:
+            self._receipts.extend((sensor, sorted(r)) for sensor, r in batch.confirmed.items())
 
     def _report(self, since: tuple[float, int]) -> tuple[float, int]:
         now, received = time.monotonic(), self.stats.received
@@ -379,6 +399,7 @@ class Ingest:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def _connect(self) -> None:
@@ -415,6 +436,7 @@ class Ingest:
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
                     self._send_acks()
+                    self._send_receipts()
                 if self._closing.is_set() or self._fatal is not None:
                     break
                 self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
@@ -425,6 +447,7 @@ class Ingest:
             self._fail(f"MQTT network loop failed: {exc!r}")
         finally:
             self._send_acks()
+            self._send_receipts()
             if self._client.is_connected():
                 self._client.disconnect()
                 self._client.loop(timeout=0.1)  # lets the DISCONNECT out
@@ -439,6 +462,17 @@ class Ingest:
             # broker resends the message itself, and its (idempotent) write repeats.
             if message.connection == self._connection and message.qos > 0:
                 self._client.ack(message.mid, message.qos)
+
+    def _send_receipts(self) -> None:
+        # QoS 1, so a device briefly away still gets them from its session. One lost anyway
+        # (a broker crash) only means the device sends the reading again: a harmless rewrite.
+        while True:
+            try:
+                sensor, confirmed = self._receipts.popleft()
+            except IndexError:
+                return
+            self._client.publish(receipt_topic(sensor), encode_receipt(confirmed), qos=1)
+            self.stats.receipts += 1
 
     def _lost(self, reason: str) -> None:
         self._connection += 1  # before reconnect(), so no old mid is acked on the new link
@@ -517,6 +551,25 @@ class Ingest:
         elif not self._closing.is_set():
             log.info("disconnected: %s", reason)
 
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Ingest publishes receipts only. "No matching subscribers" (0x10) is a success:
+        # that device does not ask for them.
+        if reason.is_failure and not self._receipt_refused:
+            self._receipt_refused = True  # once: it would repeat for every batch
+            log.warning(
+                "the broker refused a receipt: %s; devices run with --receipts will send "
+                "their readings again (the broker's ACL must let ingest write "
+                "sensors/+/receipt)",
+                reason,
+            )
+
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
@@ -524,6 +577,22 @@ class Ingest:
             # Not reachable through a conforming broker; dead-lettered, not crashed on.
             topic = bytes(msg._topic).decode("utf-8", "replace")
         self._inbox.put(_Message(self._connection, msg.mid, msg.qos, topic, bytes(msg.payload)))
+
+
+def _rejected_reading(topic: str, payload: bytes) -> tuple[str, tuple[int, int]] | None:
+    """Who a rejected message came from and its (seq, ts), when it says so plainly."""
+    try:
+        sensor_id = check_sensor_id(topic_sensor_id(topic))
+        body = json.loads(payload)
+    except (PayloadError, ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    seq, ts = body.get("seq"), body.get("ts")
+    numbers = [n for n in (seq, ts) if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+    if len(numbers) != 2:
+        return None
+    return sensor_id, (numbers[0], numbers[1])
 
 
 def _store_error(table: str, code: str, exc: ClientError) -> StoreError:

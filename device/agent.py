@@ -1,7 +1,11 @@
 """The agent's loop: read the sensor, store each reading, publish it, forget it on PUBACK.
 
+With receipts, a PUBACK only moves a reading to "unconfirmed": it is forgotten when ingest's
+receipt says it is in the table, and sent again if none comes within the receipt timeout,
+or soon after a reconnect (a broker that crashed lost what it held).
+
 One thread runs this loop; the transport's network thread only reports back (acks,
-failures, connection changes) through a queue, so all outbox writes happen here.
+receipts, failures, connection changes) through a queue, so all outbox writes happen here.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ log = logging.getLogger(__name__)
 READ_ATTEMPTS = 3
 #: With --interval 0, readings are taken in batches of at most this many per commit.
 MAX_BATCH = 256
+#: With receipts: readings PUBACKed but not yet confirmed, at most. Past it the agent waits
+#: for receipts before sending more, so a stalled ingest does not have the broker queue
+#: the whole outbox for it (again at every resend).
+MAX_UNCONFIRMED = 1000
+#: After a reconnect, receipts the broker kept for us arrive first; what has none by then
+#: is sent again (a broker that was killed lost it).
+RECONNECT_GRACE = 2.0
+#: A reading that timed out waits twice as long for its next receipt, up to this factor.
+MAX_TIMEOUT_FACTOR = 16
 
 
 @dataclass
@@ -75,16 +88,23 @@ class Agent:
                 on_failed=lambda token: self._events.put(("failed", token)),
                 on_connection=lambda up, why: self._events.put(("connection", (up, why))),
                 on_fatal=lambda why: self._events.put(("fatal", why)),
+                on_receipt=lambda confirmed: self._events.put(("receipt", confirmed)),
             ),
         )
         self._connected = False
         self._offline_since = clock()
         self._last_offline_reason = "not connected yet"
         self._inflight: set[int] = set()
+        # With receipts: PUBACKed, awaiting a receipt. seq -> deadline; the heap orders the
+        # deadlines (stale entries are skipped); timeouts counts each seq's expiries.
+        self._unconfirmed: dict[int, float] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._timeouts: dict[int, int] = {}
+        self._warned_timeout_at = -float("inf")
         self._resend: list[int] = []  # heap of seqs the transport gave back
         self._cursor = -1  # highest seq handed to the transport from the outbox
         self._produced = 0
-        self._unremoved: list[int] = []  # acknowledged, but the outbox could not delete them
+        self._delivered: dict[int, int | None] = {}  # seq -> ts (None: PUBACK) to forget
         self._hold_until = 0.0  # after a refused delivery, wait before sending again
         self._hold_backoff = Backoff(initial=0.2, cap=5.0)
 
@@ -122,6 +142,7 @@ class Agent:
                 if producing and now >= next_read:
                     self._take_readings()
                     next_read = max(next_read + cfg.interval, now) if cfg.interval else now
+                self._expire_unconfirmed(now)
                 self._fill_window()
                 if not producing and len(self.outbox) == 0:
                     break  # everything produced is acknowledged
@@ -153,7 +174,7 @@ class Agent:
         return self.summary
 
     def _unsent(self) -> int:
-        return len(self.outbox) - len(self._inflight)
+        return len(self.outbox) - len(self._inflight) - len(self._unconfirmed)
 
     def _take_readings(self) -> None:
         cfg = self.config
@@ -197,6 +218,8 @@ class Agent:
         if not self._connected or self._clock() < self._hold_until:
             return
         free = self.config.inflight - len(self._inflight)
+        if self.config.receipts:
+            free = min(free, MAX_UNCONFIRMED - len(self._unconfirmed) - len(self._inflight))
         if free <= 0:
             return
         to_send: list[tuple[int, bytes]] = []
@@ -221,33 +244,49 @@ class Agent:
             self._transport.publish(self._topic, payload, self.config.qos, seq)
 
     def _handle_events(self, wait: float) -> None:
-        acked: list[int] = []
+        before = len(self._delivered)
         try:
             event, value = self._events.get(timeout=wait) if wait > 0 else self._events.get_nowait()
             while True:
-                self._handle(event, value, acked)
+                self._handle(event, value)
                 event, value = self._events.get_nowait()
         except queue.Empty:
             pass
-        if acked:
-            self.summary.acknowledged += len(acked)
-            self._unremoved.extend(acked)
-        if self._unremoved:
-            try:
-                self.outbox.remove(self._unremoved)
-            except OutboxError as exc:
-                # They are delivered; tried again at the next event, or sent again next run.
-                if acked:
-                    log.error("%s; %d acknowledged reading(s) not yet removed", exc, len(acked))
-            else:
-                self._unremoved.clear()
+        if self._delivered:
+            self._forget_delivered(new=len(self._delivered) - before)
 
-    def _handle(self, event: str, value: Any, acked: list[int]) -> None:
+    def _forget_delivered(self, new: int) -> None:
+        # PUBACKed (ts None) without receipts, or confirmed by a receipt (with its ts).
+        confirmed = {seq: ts for seq, ts in self._delivered.items() if ts is not None}
+        try:
+            if confirmed:
+                self.summary.acknowledged += self.outbox.confirm(confirmed)
+                for seq in confirmed:
+                    del self._delivered[seq]
+            self.summary.acknowledged += self.outbox.remove(self._delivered)
+        except OutboxError as exc:
+            # They are delivered; tried again at the next event, or sent again next run.
+            if new:
+                log.error("%s; %d delivered reading(s) not yet removed", exc, new)
+            return
+        self._delivered.clear()
+
+    def _handle(self, event: str, value: Any) -> None:
         if event == "ack":
             if value in self._inflight:
                 self._inflight.discard(value)
-                acked.append(value)
                 self._hold_backoff.reset()
+                if self.config.receipts:
+                    self._await_receipt(value, self._receipt_deadline(value))
+                else:
+                    self._delivered[value] = None
+        elif event == "receipt":
+            for seq, ts in value.items():
+                # Whether PUBACKed yet or not (or sent by an earlier run): it is in the table.
+                self._inflight.discard(seq)
+                self._unconfirmed.pop(seq, None)
+                self._timeouts.pop(seq, None)
+                self._delivered[seq] = ts
         elif event == "failed":
             if value in self._inflight:
                 self._inflight.discard(value)
@@ -266,11 +305,55 @@ class Agent:
             elif not up and self._connected:
                 log.warning("%s; readings are kept in %s", why, self.config.outbox)
                 self._offline_since = self._clock()
+            if up and not self._connected:
+                self._after_reconnect()
             self._connected = up
             if not up:
                 self._last_offline_reason = why
         elif event == "fatal":
             raise BrokerError(value)
+
+    # -- receipts ---------------------------------------------------------------------------
+
+    def _receipt_deadline(self, seq: int) -> float:
+        factor: int = min(2 ** self._timeouts.get(seq, 0), MAX_TIMEOUT_FACTOR)
+        return self._clock() + self.config.receipt_timeout * factor
+
+    def _await_receipt(self, seq: int, deadline: float) -> None:
+        self._unconfirmed[seq] = deadline
+        heapq.heappush(self._deadlines, (deadline, seq))
+
+    def _after_reconnect(self) -> None:
+        soon = self._clock() + RECONNECT_GRACE
+        for seq, deadline in list(self._unconfirmed.items()):
+            if deadline > soon:
+                self._await_receipt(seq, soon)
+
+    def _expire_unconfirmed(self, now: float) -> None:
+        """Send again what waited too long for its receipt (lost by the broker, or ingest)."""
+        expired: list[int] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, seq = heapq.heappop(self._deadlines)
+            if self._unconfirmed.get(seq) == deadline:
+                del self._unconfirmed[seq]
+                self._timeouts[seq] = self._timeouts.get(seq, 0) + 1
+                heapq.heappush(self._resend, seq)
+                expired.append(seq)
+        if not expired:
+            return
+        # Once a minute at most: a stopped ingest would repeat this for every reading.
+        level = logging.WARNING if now - self._warned_timeout_at >= 60 else logging.DEBUG
+        if level == logging.WARNING:
+            self._warned_timeout_at = now
+        log.log(
+            level,
+            "%d reading(s) (seq %d..%d) have no receipt from cloud ingest yet: sending them "
+            "again (is `cloud ingest` running? a device on a broker without it needs "
+            "--no-receipts)",
+            len(expired),
+            min(expired),
+            max(expired),
+        )
 
     def _check_offline_limit(self, now: float) -> None:
         limit = self.config.offline_limit

@@ -144,6 +144,17 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Give up (exit 1) after this many seconds unable to reach the broker [0: never].",
         ),
         click.option(
+            "--receipts/--no-receipts",
+            default=None,
+            help="Keep each reading until `cloud ingest` confirms it is in the table, not just "
+            "until the broker acknowledges it [on with the local stack, else off].",
+        ),
+        click.option(
+            "--receipt-timeout",
+            type=click.FloatRange(min=1),
+            help="With --receipts: seconds to wait for one before sending again [30].",
+        ),
+        click.option(
             "--flow-control/--no-flow-control",
             default=None,
             help="awsiot: keep AWS IoT Core's publish limits [on].",

@@ -96,6 +96,12 @@ class AgentConfig:
     flush_timeout: float = 10.0
     offline_limit: float = 0.0
     flow_control: bool = True
+    #: Keep each reading until `cloud ingest` confirms it is in the table, not only until
+    #: the broker's PUBACK (Mosquitto acknowledges before a message is safe; see
+    #: cloud/ingest.py). On by default against the local stack.
+    receipts: bool = False
+    #: How long a PUBACKed reading may wait for its receipt before it is sent again.
+    receipt_timeout: float = 30.0
     seed: int | None = None
     pin: str = "D4"
     i2c_address: int = 0x76
@@ -192,6 +198,8 @@ _KINDS: dict[str, type] = {
     "flush_timeout": float,
     "offline_limit": float,
     "flow_control": bool,
+    "receipts": bool,
+    "receipt_timeout": float,
     "seed": int,
     "pin": str,
     "i2c_address": int,
@@ -209,6 +217,7 @@ _MINIMUMS: dict[str, float] = {
     "inflight": 1,
     "flush_timeout": 0,
     "offline_limit": 0,
+    "receipt_timeout": 1,
 }
 
 
@@ -245,7 +254,7 @@ def load_config(
         values[name] = (value, source)
 
     if "broker" not in values and default_broker:
-        for name in ("broker", "cert", "key", "ca"):
+        for name in ("broker", "cert", "key", "ca", "receipts"):
             if name not in values and default_broker.get(name) is not None:
                 values[name] = (_KINDS[name](default_broker[name]), "the local stack")
     if "broker" not in values:

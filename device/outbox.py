@@ -8,6 +8,7 @@ agent commits readings in batches, so the cost of an fsync is shared when readin
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -191,11 +192,32 @@ class Outbox:
             raise _explain(self.path, exc) from None
         return [Pending(int(seq), bytes(payload)) for seq, payload in rows]
 
-    def remove(self, seqs: Iterable[int]) -> None:
-        """Forget acknowledged readings. Losing this write to a crash only means a resend."""
+    def confirm(self, readings: Mapping[int, int]) -> int:
+        """Forget the readings a receipt names ({seq: ts}); return how many were here.
+
+        A row is removed only if its ts matches too: a receipt meant for a reading of an
+        earlier outbox (one that was replaced, so seqs began again at 0) removes nothing.
+        """
+        if not readings:
+            return 0
+        marks = ",".join("?" * len(readings))
+        try:
+            rows = self._db.execute(
+                f"SELECT seq, payload FROM outbox WHERE seq IN ({marks})",  # noqa: S608 (marks)
+                list(readings),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+        return self.remove(
+            seq for seq, payload in rows if json.loads(payload).get("ts") == readings[seq]
+        )
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Forget delivered readings; return how many were here. Losing this write to a
+        crash only means a resend."""
         batch = [(s,) for s in seqs]
         if not batch:
-            return
+            return 0
         try:
             # No fsync for this commit: losing it to a power cut only means a resend, and
             # the next append's FULL commit makes it durable along with its own rows.
@@ -211,6 +233,7 @@ class Outbox:
                 self._db.execute("ROLLBACK")
             raise _explain(self.path, exc) from None
         self._count -= removed
+        return removed
 
     def close(self) -> None:
         self._db.close()

@@ -1,8 +1,9 @@
 """Payload v1 and the topics: the contract between devices and the cloud.
 
 `{"v": 1, "sensor_id": "sensor-3", "ts": 1764345600123, "seq": 42, "temperature": 21.37}`
-plus optional numeric metrics. The same module encodes on the device and validates in the
-cloud, so the two sides cannot disagree about what a reading is.
+plus optional numeric metrics, and the receipts `cloud ingest` sends back. The same module
+encodes on the device and validates in the cloud, so the two sides cannot disagree about
+what a reading is.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def data_topic(sensor_id: str) -> str:
 
 def status_topic(sensor_id: str) -> str:
     return f"sensors/{check_sensor_id(sensor_id)}/status"
+
+
+def receipt_topic(sensor_id: str) -> str:
+    """Where `cloud ingest` confirms a device's readings once they are in the table."""
+    return f"sensors/{check_sensor_id(sensor_id)}/receipt"
 
 
 def _finite_number(name: str, value: Any) -> float:
@@ -151,3 +157,33 @@ def parse_payload(payload: bytes, topic_sensor_id: str | None = None) -> Reading
         temperature=body["temperature"],
         metrics={name: body[name] for name in OPTIONAL_METRICS if name in body},
     )
+
+
+# -- receipts: the readings of one sensor now in the table ----------------------------------
+# `{"v": 1, "confirmed": [[seq, ts], ...]}`. The ts (the table's key) makes a receipt match
+# only the reading it was sent for: a device whose outbox was replaced starts again at seq 0,
+# and a late receipt for the old seq 5 must not remove the new one.
+
+#: Readings in one receipt at most; ingest confirms one write batch (<= 25) at a time.
+MAX_RECEIPT_READINGS = 1000
+
+
+def encode_receipt(confirmed: list[tuple[int, int]]) -> bytes:
+    body = {"v": VERSION, "confirmed": [list(pair) for pair in sorted(confirmed)]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_receipt(payload: bytes) -> dict[int, int]:
+    """The readings a receipt confirms, as {seq: ts}; PayloadError if it is not a receipt."""
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError("bad receipt", str(exc)) from None
+    pairs = body.get("confirmed") if isinstance(body, dict) and body.get("v") == VERSION else None
+    if (
+        not isinstance(pairs, list)
+        or len(pairs) > MAX_RECEIPT_READINGS
+        or not all(isinstance(p, list) and len(p) == 2 for p in pairs)
+    ):
+        raise PayloadError("bad receipt", 'expected {"v": 1, "confirmed": [[seq, ts], ...]}')
+    return {_whole_number("seq", seq, 0): _whole_number("ts", ts, 0) for seq, ts in pairs}

@@ -1,7 +1,7 @@
 """A Mosquitto broker configured the way the project needs it, run as a child process.
 
 Mutual TLS with the local CA, each client named by its certificate (never its client id),
-an ACL that lets a device write only under `sensors/<its name>/`, persistence, and queues
+an ACL that lets a device publish only its own readings and status, persistence, and queues
 sized for the ingest path. The tests and `cloud local up` use the same config.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from cloud.errors import LocalStackError
 from cloud.local.ports import wait_listening
 
-#: Identities that may read every device's topics (the ingest bridge, test subscribers).
+#: Identities that may read every device's topics and send devices their receipts (the
+#: ingest bridge; tests reuse its identity for their subscribers).
 READERS = ("ingest",)
 #: Messages a persistent-session client may have queued while offline or slow. The default
 #: (1000) silently dropped most of a 2,000-message burst for a slow subscriber here.
@@ -27,13 +28,15 @@ MAX_INFLIGHT_MESSAGES = 1000
 
 def acl_text(readers: tuple[str, ...] = READERS) -> str:
     lines = [
-        "# Devices: write only under their own certificate name; read their own topics.",
-        "pattern write sensors/%u/#",
+        "# Devices: publish only their own readings and status; read their own topics",
+        "# (receipts). The name is the certificate's, never the client id.",
+        "pattern write sensors/%u/data",
+        "pattern write sensors/%u/status",
         "pattern read sensors/%u/#",
         "",
     ]
     for name in readers:
-        lines += [f"user {name}", "topic read sensors/#", ""]
+        lines += [f"user {name}", "topic read sensors/#", "topic write sensors/+/receipt", ""]
     return "\n".join(lines)
 
 

@@ -124,7 +124,15 @@ def device_defaults(device_id: str, root: Path | None = None) -> dict[str, Any] 
     if state is None:
         return None
     ident = device_identity(root, device_id)
-    return {"broker": state.broker_url, "cert": ident.cert, "key": ident.key, "ca": ident.ca}
+    # Receipts: the local stack's ingest confirms each write (Mosquitto's PUBACK alone does
+    # not survive a broker crash).
+    return {
+        "broker": state.broker_url,
+        "cert": ident.cert,
+        "key": ident.key,
+        "ca": ident.ca,
+        "receipts": True,
+    }
 
 
 def _pick_port(preferred: int | None, fallback: int) -> int:

@@ -2,7 +2,8 @@
 
 A transport owns its connection and reconnects by itself; the agent hands it messages with
 a token (the reading's seq) and hears back through callbacks when the broker acknowledged
-one, or when the connection came or went.
+one, or when the connection came or went. With `config.receipts` it also subscribes to the
+device's receipt topic on every connection and hands on the seqs each receipt confirms.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from device.config import AgentConfig
+from device.payload import receipt_topic
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Callbacks:
     on_failed: Callable[[int], None]
     #: Something waiting will not fix (TLS refused, not authorized): the agent stops.
     on_fatal: Callable[[str], None]
+    #: With `receipts`: ingest confirmed these readings ({seq: ts}) are in the table.
+    on_receipt: Callable[[dict[int, int]], None]
 
 
 class Transport(Protocol):
@@ -46,3 +50,13 @@ def make_transport(config: AgentConfig, callbacks: Callbacks) -> Transport:
     from device.transport.paho import PahoTransport
 
     return PahoTransport(config, callbacks)
+
+
+def receipts_refused(config: AgentConfig, reason: str) -> str:
+    """The fatal message when the broker will not let a device with --receipts get them."""
+    return (
+        f"broker {config.broker} refused the subscription to "
+        f"{receipt_topic(config.sensor_id)}: {reason}; without it no reading is ever "
+        "confirmed (run without --receipts, or let the device read its own topics in the "
+        "broker's ACL)"
+    )

@@ -25,8 +25,8 @@ from awscrt.exceptions import AwsCrtError
 from awsiot import mqtt5_client_builder
 
 from device.config import AgentConfig
-from device.payload import status_topic
-from device.transport import Callbacks
+from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
+from device.transport import Callbacks, receipts_refused
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ _FATAL_CONNACK = {
 _FATAL_DISCONNECT = {
     mqtt5.DisconnectReasonCode.NOT_AUTHORIZED,
 }
-#: PUBACK reason codes below 0x80 are successes (SUCCESS, NO_MATCHING_SUBSCRIBERS).
-_PUBACK_FAILURE_MIN = 0x80
+#: PUBACK and SUBACK reason codes below 0x80 are successes (SUCCESS, NO_MATCHING_SUBSCRIBERS).
+_PUBACK_FAILURE_MIN = _SUBACK_FAILURE_MIN = 0x80
 #: CRT errors that name a failed check of the broker's certificate (other TLS back ends).
 _TLS_VERIFY_ERRORS = {
     "AWS_IO_TLS_ERROR_X509_CHAIN_VALIDATION_FAILURE",
@@ -146,6 +146,7 @@ class AwsIotTransport:
             on_lifecycle_connection_failure=self._on_connection_failure,
             on_lifecycle_disconnection=self._on_disconnection,
             on_lifecycle_stopped=self._on_stopped,
+            on_publish_received=self._on_publish_received,
         )
 
     # -- the agent's side ------------------------------------------------------------------
@@ -269,6 +270,15 @@ class AwsIotTransport:
             )
         )
         future.add_done_callback(self._on_status_published)
+        if self._config.receipts:
+            # Every time: a broker that lost our session (killed) lost the subscription too.
+            topic = receipt_topic(self._config.sensor_id)
+            subscribed = self._client.subscribe(
+                mqtt5.SubscribePacket(
+                    subscriptions=[mqtt5.Subscription(topic, qos=mqtt5.QoS.AT_LEAST_ONCE)]
+                )
+            )
+            subscribed.add_done_callback(self._on_receipts_subscribed)
         settings = data.negotiated_settings
         rejoined = bool(getattr(settings, "rejoined_session", False))
         self._callbacks.on_connection(
@@ -290,6 +300,26 @@ class AwsIotTransport:
                 self._status_topic,
                 _code_name(code),
             )
+
+    def _on_receipts_subscribed(self, future: concurrent.futures.Future[object]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            # The connection went before the SUBACK: the next connection subscribes again.
+            log.debug("receipt subscription not confirmed: %s", _crt_reason(exc))
+            return
+        codes = getattr(future.result(), "reason_codes", None) or []
+        refused = [c for c in codes if not isinstance(c, Enum) or c.value >= _SUBACK_FAILURE_MIN]
+        if refused:
+            self._fatal_once(receipts_refused(self._config, _code_name(refused[0])))
+
+    def _on_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
+        packet = data.publish_packet
+        try:
+            confirmed = parse_receipt(bytes(packet.payload or b""))
+        except PayloadError as exc:
+            log.warning("ignored a message on %s: %s", packet.topic, exc)
+            return
+        self._callbacks.on_receipt(confirmed)
 
     def _on_connection_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
         with self._lock:

@@ -21,8 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device.backoff import Backoff
 from device.config import AgentConfig
-from device.payload import status_topic
-from device.transport import Callbacks
+from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
+from device.transport import Callbacks, receipts_refused
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class PahoTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
         client.on_log = self._on_log
         # MQTT packets at DEBUG on the "paho" logger (device-agent -vv shows them).
         client.enable_logger(logging.getLogger("paho"))
@@ -207,6 +209,9 @@ class PahoTransport:
         self._backoff.reset()
         info = client.publish(self._status_topic, b"online", qos=1, retain=True)
         self._status_mids.add(info.mid)
+        if self._config.receipts:
+            # Every time: a broker that lost our session (killed) lost the subscription too.
+            client.subscribe(receipt_topic(self._config.sensor_id), qos=1)
         self._callbacks.on_connection(
             True, f"connected to {self._config.broker} (session present: {flags.session_present})"
         )
@@ -223,6 +228,27 @@ class PahoTransport:
             self._callbacks.on_connection(
                 False, f"disconnected from {self._config.broker}: {reason}"
             )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            self._callbacks.on_fatal(receipts_refused(self._config, str(refused[0])))
+            self._stop.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            confirmed = parse_receipt(bytes(msg.payload))
+        except PayloadError as exc:
+            log.warning("ignored a message on %s: %s", msg.topic, exc)
+            return
+        self._callbacks.on_receipt(confirmed)
 
     def _on_log(self, client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_ERR and "socket" in buf:
