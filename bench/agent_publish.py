@@ -155,7 +155,7 @@ def start_subscriber(port: int, identity: Identity, stack: contextlib.ExitStack)
 def make_pki(root: Path) -> tuple[LocalCA, Identity, Identity, Identity]:
     ca = LocalCA.create(root / "ca")
     server = ca.issue("localhost", root / "server", server_names=(HOST, "localhost"))
-    # Client id = certificate name, as the broker's ACL (sensors/%u/#) expects.
+    # Client id = certificate name, as the broker's ACL (sensors/%u/data) expects.
     baseline = ca.issue(BASELINE_ID, root / "devices" / BASELINE_ID)
     agent = ca.issue(AGENT_ID, root / "devices" / AGENT_ID)
     return ca, server, baseline, agent

@@ -190,6 +190,11 @@ EPILOG = (
 )
 @click.option("--seed", type=int, help="simulated: random seed [from the id].")
 @click.option("--pin", help="dht22: the data pin, as a board name [D4].")
+@click.option(
+    "--w1-id",
+    help="ds18b20: which sensor on the 1-Wire bus, as `ls /sys/bus/w1/devices` names it "
+    "(28-0316a279...) [the first found].",
+)
 @click.option("--i2c-address", type=str, help="bme280: I2C address [0x76].")
 @agent_options
 @click.pass_context
@@ -205,8 +210,9 @@ def main(
     """Read a sensor and publish each reading over MQTT, losing nothing.
 
     Every reading is written to an on-disk outbox before it is published and removed only
-    when the broker acknowledges it, so readings survive a lost network, a restarted broker,
-    `kill -9` and a power cut.
+    when the broker acknowledges it (with --receipts: when `cloud ingest` confirms it is in
+    the table), so readings survive a lost network, a restarted or crashed broker, `kill -9`
+    and a power cut.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -221,12 +227,13 @@ def main(
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
     log.info(
-        "%s: %s sensor -> %s (%s, QoS %d), outbox %s",
+        "%s: %s sensor -> %s (%s, QoS %d%s), outbox %s",
         config.sensor_id,
         config.sensor,
         config.broker,
         config.transport,
         config.qos,
+        ", kept until ingest's receipt" if config.receipts else "",
         config.outbox,
     )
     (summary,) = run_agents([agent])

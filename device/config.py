@@ -104,6 +104,7 @@ class AgentConfig:
     receipt_timeout: float = 30.0
     seed: int | None = None
     pin: str = "D4"
+    w1_id: str | None = None  # ds18b20: which one on the bus (None: the first found)
     i2c_address: int = 0x76
 
     def __post_init__(self) -> None:
@@ -202,6 +203,7 @@ _KINDS: dict[str, type] = {
     "receipt_timeout": float,
     "seed": int,
     "pin": str,
+    "w1_id": str,
     "i2c_address": int,
 }
 _CHOICES = {

@@ -88,6 +88,12 @@ class Subscriber:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1 as this identity (the ingest one sends receipts); waits for the PUBACK."""
+        info = self._client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"no PUBACK for {topic}"
+
     def wait_for(
         self, predicate: Callable[[list[Received]], bool], timeout: float = 30
     ) -> list[Received]:

@@ -55,7 +55,7 @@ def make_sensor(config: AgentConfig) -> Sensor:
     if kind == "ds18b20":
         from device.sensors.ds18b20 import Ds18b20Sensor
 
-        return Ds18b20Sensor()
+        return Ds18b20Sensor(config.w1_id)
     if kind == "dht22":
         from device.sensors.dht22 import Dht22Sensor
 

@@ -27,7 +27,7 @@ from cloud.ingest import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from cloud.table import StoreError, create_table, item_count
 from device.backoff import Backoff
-from device.payload import MAX_PAYLOAD_BYTES, Reading
+from device.payload import MAX_PAYLOAD_BYTES, Reading, parse_receipt
 from tests.cloud.conftest import DevicePublisher, Running, poll, scan_items
 from tests.conftest import Pki
 from tests.mqtt import CHILDREN, REPO, Subscriber, finish, kill9, start_agent
@@ -423,3 +423,34 @@ def test_settings_refuse_a_batch_dynamodb_would_refuse(ingest_settings: IngestSe
         replace(ingest_settings, batch_size=26)
     with pytest.raises(ConfigError, match="share_group"):
         replace(ingest_settings, share_group="a/b")
+
+
+def test_ingest_confirms_each_written_or_dead_lettered_reading_to_its_device(
+    ingest_settings: IngestSettings,
+    run_ingest: RunIngest,
+    device_publisher: Publisher,
+    subscribe: Callable[..., Subscriber],
+    device_id: str,
+    aws: Endpoint,
+) -> None:
+    receipts = subscribe(ingest_settings.port, topics=(f"sensors/{device_id}/receipt",))
+    running = run_ingest(ingest_settings)
+    pub = device_publisher(device_id)
+    good = [reading(device_id, seq) for seq in range(5)]
+    # Valid JSON with a seq and ts, but no temperature: dead-lettered, and confirmed too,
+    # so the device does not send it again and again.
+    rejected = json.dumps({"v": 1, "sensor_id": device_id, "ts": 1_764_345_600_099, "seq": 99})
+    pub.publish(*good, rejected.encode(), b"not json: nothing to confirm")
+    running.wait(lambda s: s.written == 5 and s.dead_lettered == 2)
+
+    expected = {json.loads(p)["seq"]: json.loads(p)["ts"] for p in good}
+    expected[99] = 1_764_345_600_099
+
+    def confirmed(messages: list[Any]) -> dict[int, int]:
+        return {seq: ts for m in messages for seq, ts in parse_receipt(m.payload).items()}
+
+    receipts.wait_for(lambda ms: confirmed(ms) == expected)
+    stats = running.finish()
+    assert stats.receipts == len(receipts.messages)
+    assert f"receipts {stats.receipts} " in stats.line()
+    assert item_count(aws.client("dynamodb"), ingest_settings.table) == 5

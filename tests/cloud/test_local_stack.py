@@ -104,6 +104,7 @@ def test_provision_writes_private_files_and_refuses_to_overwrite(project: Path):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     assert "device-agent --id sensor-9" in out
+    assert out.rstrip().endswith(" --receipts"), "the local stack's ingest confirms readings"
     before = key.read_bytes()
     code, _, err = cloud(project, "provision", "--id", "sensor-9", "--target", "local")
     assert code == 1 and "--force" in err

@@ -122,6 +122,9 @@ def test_ds18b20_picks_the_sensor_by_id_with_or_without_family_prefix(w1_bus: Pa
     add_w1_sensor(w1_bus, "28-0000075a1b2c", below_zero)
     assert Ds18b20Sensor("0000075a1b2c").read() == {"temperature": -10.125}
     assert Ds18b20Sensor("28-0000075a1b2c").sensor_id == "0000075a1b2c"
+    # As the agent gets it: --w1-id, a setting like any other.
+    chosen = make_sensor(agent_config("ds18b20", w1_id="28-0000075a1b2c"))
+    assert chosen.read() == {"temperature": -10.125}
 
 
 def test_ds18b20_crc_failure_is_a_read_error_and_recovers(w1_bus: Path) -> None:

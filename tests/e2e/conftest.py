@@ -194,6 +194,8 @@ class Agents:
 
 @pytest.fixture
 def agents(pki: Pki, tmp_path: Path) -> Agents:
+    """Agents given --broker explicitly: without receipts unless a test passes --receipts
+    (as the local stack's defaults do), since only a fleet running through ingest gets any."""
     return Agents(pki, tmp_path / "agents")
 
 

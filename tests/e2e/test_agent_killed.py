@@ -34,7 +34,7 @@ def test_agent_killed_and_restarted_leaves_no_gap_and_no_duplicate(
 ) -> None:
     port = start_broker().config.port
     running = run_ingest(make_ingest_settings(port))
-    args = ("--count", str(READINGS), "--interval", "0.01")
+    args = ("--count", str(READINGS), "--interval", "0.01", "--receipts")
     procs = {i: agents.one(i, port, *args) for i in fleet_ids}
     victim = fleet_ids[0]
     outbox = agents.outbox(victim)
@@ -45,7 +45,7 @@ def test_agent_killed_and_restarted_leaves_no_gap_and_no_duplicate(
     assert 0 < taken < READINGS, "the kill must land mid-run"
 
     # The same command, for the readings it still owes: the outbox keeps seq and backlog.
-    again = agents.one(victim, port, "--count", str(READINGS - taken), "--interval", "0.01")
+    again = agents.one(victim, port, "--count", str(READINGS - taken), *args[2:])
     assert again.wait(60) == 0, again.err()[-3000:]
     assert "buffered 0, dropped 0" in summary_line(again.out(), victim)
     for sensor, proc in procs.items():

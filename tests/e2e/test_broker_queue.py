@@ -1,11 +1,16 @@
 """A burst larger than the broker's default per-client queue, for an ingest that is not
-running (its session persisted): with the shipped queue size all of it is delivered once
-ingest starts; with a deliberately small queue the broker drops readings, and the loss is
-counted three ways (gaps in `seq` in the table, the broker's $SYS counter, its log)."""
+running (its session persisted).
+
+Devices without receipts forget a reading at the broker's PUBACK: with the shipped queue
+size all of the burst is delivered once ingest starts; with a deliberately small queue the
+broker drops readings, and the loss is counted three ways (gaps in `seq` in the table, the
+broker's $SYS counter, its log). Devices with receipts (as the local stack runs them) lose
+nothing even to the small queue: what has no receipt is sent again."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +22,12 @@ from tests.e2e.conftest import (
     FLEET,
     Agents,
     Running,
+    assert_every_reading_once,
     missing_seqs,
     scan_items,
     seq_problems,
     summary_line,
+    wait_for,
 )
 from tests.mqtt import Subscriber
 
@@ -30,6 +37,7 @@ DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
 def burst(agents: Agents, ids: list[str], port: int) -> None:
+    """Devices that forget a reading at PUBACK: they finish while ingest is away."""
     fleet = agents.simulate(ids, port, "--count", str(BURST_PER_DEVICE), "--interval", "0")
     assert fleet.wait(120) == 0, fleet.err()[-3000:]
     total = len(ids) * BURST_PER_DEVICE
@@ -112,3 +120,44 @@ def test_a_small_queue_drops_readings_and_the_loss_is_counted(
         assert f"Outgoing messages are being dropped for client {settings.client_id}" in log
     finally:
         sys_watch.stop()
+
+
+def test_devices_with_receipts_resend_what_a_small_queue_dropped(
+    acl_broker: Callable[..., Mosquitto],
+    fleet_ids: list[str],
+    agents: Agents,
+    make_ingest_settings: Callable[..., IngestSettings],
+    run_ingest: Callable[..., Running],
+    table: str,
+    aws: Endpoint,
+) -> None:
+    broker = acl_broker("", extra=(f"max_queued_messages {SMALL_QUEUE}",))
+    port = broker.config.port
+    settings = make_ingest_settings(port)
+    persist_session(run_ingest, settings)
+    fleet = agents.simulate(
+        fleet_ids,
+        port,
+        "--count",
+        str(BURST_PER_DEVICE),
+        "--interval",
+        "0",
+        "--receipts",
+        "--receipt-timeout",
+        "2",
+    )
+    log: Path = broker.config.log_path
+    wait_for(
+        lambda: f"messages are being dropped for client {settings.client_id}" in log.read_text(),
+        60,
+        "the broker dropping readings queued for the stalled ingest",
+    )
+    running = run_ingest(settings)
+    assert fleet.wait(120) == 0, fleet.err()[-3000:]
+    total = FLEET * BURST_PER_DEVICE
+    line = summary_line(fleet.out(), f"{FLEET} devices")
+    assert f"acknowledged {total}, buffered 0, dropped 0" in line, line
+    assert "no receipt from cloud ingest yet: sending them again" in fleet.err()
+    running.settle(total)
+    running.finish()
+    assert_every_reading_once(aws.client("dynamodb"), table, fleet_ids, BURST_PER_DEVICE)

@@ -36,7 +36,9 @@ def test_fleet_loses_nothing_across_five_graceful_broker_restarts(
     port = broker.config.port
     running = run_ingest(make_ingest_settings(port))
     total = FLEET * READINGS
-    fleet = agents.simulate(fleet_ids, port, "--count", str(READINGS), "--interval", "0.01")
+    fleet = agents.simulate(
+        fleet_ids, port, "--count", str(READINGS), "--interval", "0.01", "--receipts"
+    )
 
     for k in range(1, RESTARTS + 1):
         # Spread over the run by progress, not by the clock.

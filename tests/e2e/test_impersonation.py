@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 
 from cloud.local.mosquitto import Mosquitto
+from device.payload import encode_receipt
 from tests.conftest import Pki
 from tests.e2e.conftest import Agents, RawDevice, summary_line
 from tests.mqtt import Subscriber
@@ -87,3 +88,30 @@ def test_a_device_cannot_read_other_devices_readings(
     finally:
         spy.close()
     assert leaked == [], f"mallory read other devices' topics (SUBACKs: {subacks})"
+
+
+def test_a_device_cannot_forge_receipts_for_itself_or_another(
+    pki: Pki,
+    shared_broker: Mosquitto,
+    subscribe: Callable[..., Subscriber],
+    device_id: str,
+) -> None:
+    """A receipt makes a device forget readings: only ingest may send one."""
+    port = shared_broker.config.port
+    victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
+    witness = subscribe(port, topics=("sensors/+/receipt",))
+    forged_receipt = encode_receipt([(0, 1_000)])
+    intruder = RawDevice.connect(port, pki.device(mallory), client_id=mallory)
+    try:
+        refused = intruder.publish_all(f"sensors/{victim}/receipt", [forged_receipt])
+        refused += intruder.publish_all(f"sensors/{mallory}/receipt", [forged_receipt])
+        # Its readings still go through: the refusals are about receipts, not the device.
+        own = intruder.publish_all(f"sensors/{mallory}/data", [b"mine"])
+        assert own in (["Success"], ["No matching subscribers"]), own
+    finally:
+        intruder.close()
+    assert refused == ["Not authorized", "Not authorized"]
+    # The genuine article, from the ingest identity, does reach the victim's topic.
+    witness.publish(f"sensors/{victim}/receipt", encode_receipt([(0, 1_000)]))
+    witness.wait_for(lambda ms: len(ms) >= 1)
+    assert [m.topic for m in witness.messages] == [f"sensors/{victim}/receipt"]

@@ -41,7 +41,9 @@ def test_ingest_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
     settings = make_ingest_settings(port)
     marker = tmp_path / "stalled"
     first = ingest_child(settings, stall_after_batches=STALL_AFTER_BATCHES, stall_marker=marker)
-    fleet = agents.simulate(fleet_ids, port, "--count", str(READINGS), "--interval", "0.01")
+    fleet = agents.simulate(
+        fleet_ids, port, "--count", str(READINGS), "--interval", "0.01", "--receipts"
+    )
 
     wait_for(marker.exists, 60, "ingest to be in the middle of a batch")
     first.proc.kill9()

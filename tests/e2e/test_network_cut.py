@@ -45,7 +45,9 @@ def test_thirty_second_cut_loses_nothing_and_agents_memory_stays_bounded(
     with Proxy(port, lifetime=180) as proxy:
         # 400 readings at 0.05 s take 20 s: most of them are taken while the link is down.
         procs = {
-            i: agents.one(i, proxy.port, "--count", str(READINGS), "--interval", "0.05")
+            i: agents.one(
+                i, proxy.port, "--count", str(READINGS), "--interval", "0.05", "--receipts"
+            )
             for i in fleet_ids
         }
         running.wait(lambda s: s.received >= total // 8)
