@@ -39,7 +39,7 @@ import queue
 import ssl
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 
 #: BatchWriteItem takes at most 25 put requests.
 MAX_BATCH = 25
+#: Keys of the items this process wrote last. A reading that comes again (a device's resend
+#: after a reconnect or a receipt timeout) is acknowledged and confirmed without a second
+#: write, so its ReceivedAt stays that of its first arrival and an incremental export, which
+#: goes by ReceivedAt, does not take it twice. About 15 MB at this size.
+RECENT_KEYS = 100_000
 KEEPALIVE_SECONDS = 30
 #: How long the network thread sleeps in select() at most: the latency a PUBACK can wait.
 _LOOP_SECONDS = 0.01
@@ -151,7 +156,7 @@ class IngestSettings:
 class IngestStats:
     received: int = 0
     written: int = 0  # items written (after collapsing duplicates)
-    duplicates: int = 0  # messages collapsed into another of the same key in one batch
+    duplicates: int = 0  # messages whose key was in the same batch, or written lately
     dead_lettered: int = 0
     receipts: int = 0  # receipt messages published (one per sensor per write batch)
     retries: int = 0  # BatchWriteItem calls repeated (throttled, unprocessed items, no link)
@@ -187,14 +192,17 @@ class _Batch:
     confirmed: dict[str, set[tuple[int, int]]] = field(default_factory=dict)  # per sensor
     deadline: float = 0.0
 
-    def add(self, key: tuple[str, str], item: dict[str, Any], message: _Message) -> bool:
-        """Add; False when the key was already in the batch (the later item wins)."""
-        fresh = key not in self.items
+    def add(self, key: tuple[str, str], item: dict[str, Any], message: _Message) -> None:
+        """Add a message to write (a later item of the same key replaces the earlier)."""
         self.items[key] = item
+        self.add_written(key, item, message)
+
+    def add_written(self, key: tuple[str, str], item: dict[str, Any], message: _Message) -> None:
+        """Add a message whose item is in the table already: acknowledged and confirmed
+        along with the batch, not written again."""
         self.messages.append(message)
         reading = (int(item["Seq"]["N"]), int(item["CurrentTime"]["N"]))
         self.confirmed.setdefault(key[0], set()).add(reading)
-        return fresh
 
 
 class Ingest:
@@ -221,6 +229,7 @@ class Ingest:
         self._acks: deque[_Message] = deque()  # deque append/popleft are thread-safe
         self._receipts: deque[tuple[str, list[tuple[int, int]]]] = deque()  # (sensor, [(seq, ts)])
         self._receipt_refused = False
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()  # oldest first
         self._connection = 0  # bumped by the network thread when a connection is lost
         self._closing = threading.Event()
         self._fatal: str | None = None
@@ -318,10 +327,13 @@ class Ingest:
         if not batch.messages:
             batch.deadline = time.monotonic() + self.settings.batch_seconds
         key = (item["SensorId"]["S"], item["CurrentTime"]["N"])
-        if not batch.add(key, item, message):
-            # BatchWriteItem refuses two puts of one key in a request; one write of the
-            # reading is all a redelivery needs.
+        if key in batch.items or key in self._recent:
+            # BatchWriteItem refuses two puts of one key in a request, and one write of
+            # the reading is all a redelivery needs.
             self.stats.duplicates += 1
+            batch.add_written(key, item, message)
+        else:
+            batch.add(key, item, message)
 
     def _flush(self, batch: _Batch, ddb: DynamoWriter, stop: threading.Event) -> None:
         """Write the batch, then queue its acks; give up unacked only when stopping."""
@@ -355,11 +367,18 @@ class Ingest:
                 )
                 return
         self._write_backoff.reset()
-        self.stats.batches += 1
-        self.stats.written += len(batch.items)
+        if batch.items:
+            self.stats.batches += 1
+            self.stats.written += len(batch.items)
+        self._remember(batch.items)
         self._acks.extend(batch.messages)
         if self.settings.receipts:
             self._receipts.extend((sensor, sorted(r)) for sensor, r in batch.confirmed.items())
+
+    def _remember(self, written: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self._recent.update(dict.fromkeys(written))
+        while len(self._recent) > RECENT_KEYS:
+            self._recent.popitem(last=False)
 
     def _report(self, since: tuple[float, int]) -> tuple[float, int]:
         now, received = time.monotonic(), self.stats.received
