@@ -70,6 +70,7 @@ demo: setup
 
 bench: setup
 	$(PY) bench/agent_publish.py
+	$(PY) bench/receipts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
