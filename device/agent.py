@@ -233,6 +233,8 @@ class Agent:
                     to_send.append((p.seq, p.payload))
                 if p.seq >= max(wanted):
                     break
+            for gone in wanted.difference(seq for seq, _ in to_send):
+                self._timeouts.pop(gone, None)
             free -= len(to_send)
         if free > 0:
             for p in self.outbox.pending(self._cursor, limit=free):
@@ -322,6 +324,11 @@ class Agent:
     def _await_receipt(self, seq: int, deadline: float) -> None:
         self._unconfirmed[seq] = deadline
         heapq.heappush(self._deadlines, (deadline, seq))
+        if len(self._deadlines) > 4 * MAX_UNCONFIRMED:
+            # Mostly entries of readings confirmed since: at thousands of readings a second
+            # they would pile up for a whole timeout. Keep only the live ones.
+            self._deadlines = [(d, s) for s, d in self._unconfirmed.items()]
+            heapq.heapify(self._deadlines)
 
     def _after_reconnect(self) -> None:
         soon = self._clock() + RECONNECT_GRACE
