@@ -484,7 +484,8 @@ class Ingest:
 
     def _send_receipts(self) -> None:
         # QoS 1, so a device briefly away still gets them from its session. One lost anyway
-        # (a broker crash) only means the device sends the reading again: a harmless rewrite.
+        # (a broker crash) only means the device sends the reading again, and it is
+        # confirmed again (not written twice: see RECENT_KEYS).
         while True:
             try:
                 sensor, confirmed = self._receipts.popleft()

@@ -3,7 +3,7 @@
 A transport owns its connection and reconnects by itself; the agent hands it messages with
 a token (the reading's seq) and hears back through callbacks when the broker acknowledged
 one, or when the connection came or went. With `config.receipts` it also subscribes to the
-device's receipt topic on every connection and hands on the seqs each receipt confirms.
+device's receipt topic on every connection and hands on the readings each receipt confirms.
 """
 
 from __future__ import annotations

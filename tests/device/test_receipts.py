@@ -32,6 +32,21 @@ def outbox_seqs(path: Path) -> list[int]:
             return []  # the agent has not made its tables yet
 
 
+def agent_args(port: int, device_id: str, tls: list[str], outbox: Path) -> list[str]:
+    return [
+        "--id",
+        device_id,
+        "--broker",
+        f"mqtts://127.0.0.1:{port}",
+        *tls,
+        "--outbox",
+        str(outbox),
+        "--interval",
+        "0",
+        "--receipts",
+    ]
+
+
 @pytest.mark.parametrize("transport", ["paho", "awsiot"])
 def test_a_reading_leaves_the_outbox_only_with_its_own_receipt(
     transport: str,
@@ -45,20 +60,11 @@ def test_a_reading_leaves_the_outbox_only_with_its_own_receipt(
     ingest = subscribe(port)
     outbox = tmp_path / "outbox.sqlite"
     agent = start_agent(
-        "--id",
-        device_id,
+        *agent_args(port, device_id, tls_args(device_id), outbox),
         "--transport",
         transport,
-        "--broker",
-        f"mqtts://127.0.0.1:{port}",
-        *tls_args(device_id),
-        "--outbox",
-        str(outbox),
         "--count",
         "3",
-        "--interval",
-        "0",
-        "--receipts",
     )
     ts = {r["seq"]: r["ts"] for r in ingest.wait_readings(device_id, 3)}  # PUBACKed, all
     topic = f"sensors/{device_id}/receipt"
@@ -87,18 +93,9 @@ def test_a_reading_without_a_receipt_is_sent_again_and_kept_when_the_agent_stops
     witness = subscribe(port)
     outbox = tmp_path / "outbox.sqlite"
     agent = start_agent(
-        "--id",
-        device_id,
-        "--broker",
-        f"mqtts://127.0.0.1:{port}",
-        *tls_args(device_id),
-        "--outbox",
-        str(outbox),
+        *agent_args(port, device_id, tls_args(device_id), outbox),
         "--count",
         "2",
-        "--interval",
-        "0",
-        "--receipts",
         "--receipt-timeout",
         "1",
         "--flush-timeout",
