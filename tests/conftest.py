@@ -101,6 +101,7 @@ def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 _ids = itertools.count()
+_subscribers = itertools.count()
 
 
 @pytest.fixture
@@ -118,7 +119,9 @@ def subscribe(pki: Pki) -> Iterator[Callable[..., Subscriber]]:
     def make(
         port: int, topics: tuple[str, ...] = ("sensors/+/data",), name: str = "ingest"
     ) -> Subscriber:
-        sub = Subscriber(port, pki.device(name), topics, client_id=f"sub-{len(subs)}-{id(subs)}")
+        # A client id no other test used: a persistent session of an earlier test's
+        # subscriber would hand this one the messages queued for it since.
+        sub = Subscriber(port, pki.device(name), topics, client_id=f"sub-{next(_subscribers)}")
         subs.append(sub)
         return sub.start()
 

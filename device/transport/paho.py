@@ -161,7 +161,10 @@ class PahoTransport:
                 continue
             self._connacked = False
             self._socket_error = None
-            while not self._stop.is_set():
+            rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+            # No socket: paho closed it after writing our DISCONNECT (stop()); a loop
+            # without one would only log an error.
+            while not self._stop.is_set() and self._client.socket() is not None:
                 rc = self._client.loop(timeout=0.5)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
@@ -177,8 +180,10 @@ class PahoTransport:
                 )
             else:
                 self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
-        # Let the DISCONNECT we queued in stop() go out.
-        self._client.loop(timeout=0.1)
+        # Let the DISCONNECT we queued in stop() go out, unless it has (paho closes the
+        # socket once it is written, and logs an error for a loop without one).
+        if self._client.socket() is not None:
+            self._client.loop(timeout=0.1)
 
     def _lost(self, reason: str) -> None:
         self._callbacks.on_connection(False, reason)

@@ -28,6 +28,7 @@ def test_fifty_readings_arrive_as_payload_v1_in_order(
     )
     code, out, err = finish(proc)
     assert code == 0, err
+    assert " ERROR " not in err, "a clean run logs no error"
     assert (
         f"{device_id}: published 50, acknowledged 50, buffered 0, dropped 0, read errors 0" in out
     )

@@ -79,6 +79,7 @@ def test_a_reading_leaves_the_outbox_only_with_its_own_receipt(
     code, out, err = finish(agent)
     assert code == 0, err
     assert f"{device_id}: published 3, acknowledged 3, buffered 0, dropped 0" in out
+    assert " ERROR " not in err, "a clean run logs no error"
     assert outbox_seqs(outbox) == []
 
 
@@ -103,7 +104,7 @@ def test_a_reading_without_a_receipt_is_sent_again_and_kept_when_the_agent_stops
     )
 
     def copies(messages: list[Received]) -> Counter[int]:
-        return Counter(m.json()["seq"] for m in messages if m.topic.endswith("/data"))
+        return Counter(m.json()["seq"] for m in messages if m.topic == f"sensors/{device_id}/data")
 
     witness.wait_for(lambda ms: min(copies(ms)[0], copies(ms)[1]) >= 2)  # sent again
     agent.send_signal(signal.SIGTERM)
