@@ -318,11 +318,11 @@ class Ingest:
             dead.append(DeadLetter.now(message.topic, err.reason, str(err), message.payload))
             self.stats.dead_lettered += 1
             log.debug("dead letter from %s: %s", message.topic, err)
-            self._acks.append(message)
             # Handled for good, as a written one: the device need not send it again.
             rejected = _rejected_reading(message.topic, message.payload)
             if rejected is not None and self.settings.receipts:
                 self._receipts.append((rejected[0], [rejected[1]]))
+            self._acks.append(message)  # after its receipt: see _network
             return
         if not batch.messages:
             batch.deadline = time.monotonic() + self.settings.batch_seconds
@@ -371,9 +371,9 @@ class Ingest:
             self.stats.batches += 1
             self.stats.written += len(batch.items)
         self._remember(batch.items)
-        self._acks.extend(batch.messages)
         if self.settings.receipts:
             self._receipts.extend((sensor, sorted(r)) for sensor, r in batch.confirmed.items())
+        self._acks.extend(batch.messages)  # after their receipts: see _network
 
     def _remember(self, written: dict[tuple[str, str], dict[str, Any]]) -> None:
         self._recent.update(dict.fromkeys(written))
@@ -454,8 +454,11 @@ class Ingest:
                     rc = self._client.loop(timeout=_LOOP_SECONDS)
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
-                    self._send_acks()
+                    # Receipts first: killed between the two, we leave messages unacked,
+                    # which the broker sends again, rather than acked readings whose
+                    # receipt is lost, which devices would send again only on a timeout.
                     self._send_receipts()
+                    self._send_acks()
                 if self._closing.is_set() or self._fatal is not None:
                     break
                 self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
@@ -465,8 +468,8 @@ class Ingest:
             log.exception("MQTT network loop failed")
             self._fail(f"MQTT network loop failed: {exc!r}")
         finally:
-            self._send_acks()
             self._send_receipts()
+            self._send_acks()
             if self._client.is_connected():
                 self._client.disconnect()
                 self._client.loop(timeout=0.1)  # lets the DISCONNECT out
