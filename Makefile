@@ -15,22 +15,28 @@ help:
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make bench       the benchmarks in bench/"
 
-# Mosquitto (the local broker) and venv support, from the distribution, only where missing.
+# Mosquitto (the local broker), Node.js (the local table engine) and venv support, from the
+# distribution, only where missing.
 system-deps:
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; \
+	fi
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		echo "installing nodejs and npm (the local table engine, dynalite, runs on Node.js)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; \
 	fi
 	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		echo "installing python3-venv"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cloud/local/dynalite/package-lock.json
 	$(MAKE) system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m cloud.local.table_engine
 	touch $(STAMP)
 
 setup: $(STAMP) system-deps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -17,6 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from cloud import target as targets
 from cloud.aws import Endpoint
@@ -39,8 +46,29 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
+        except (BotoCoreError, ClientError) as exc:
+            raise click.ClickException(aws_error_line(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def aws_error_line(exc: BotoCoreError | ClientError) -> str:
+    """One line for an AWS call that failed where no code of ours expected it to."""
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no AWS credentials found: for the local stack run `cloud local up` in this "
+            "folder (or pass --target local); for AWS set AWS_PROFILE or AWS_ACCESS_KEY_ID"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        url = exc.kwargs.get("endpoint_url", "the endpoint")
+        return (
+            f"cannot reach {url}: if that is the local stack, `cloud local status` shows "
+            "which part is down (it is restarted within seconds)"
+        )
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS refused the call: {error.get('Code', '?')}: {error.get('Message', exc)}"
+    return f"AWS call failed: {exc}"
 
 
 def target_options(func: F) -> F:
@@ -73,46 +101,136 @@ def main(verbose: bool) -> None:
 
 @main.group()
 def local() -> None:
-    """Run the pipeline on this machine: Mosquitto, moto's server and ingest, on loopback."""
+    """Run the pipeline on this machine: a table engine, Mosquitto and ingest, on loopback."""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 @local.command("up")
 @click.option(
-    "--mqtt-port", type=click.IntRange(1, 65535), help="Broker port [8883, or a free one]."
+    "--mqtt-port", type=click.IntRange(1, 65535), help="Broker port [last one, 8883, or free]."
 )
 @click.option(
-    "--moto-port", type=click.IntRange(1, 65535), help="moto server port [5000, or a free one]."
+    "--table-port",
+    type=click.IntRange(1, 65535),
+    help="Table engine port [last one, 4567, or free].",
 )
 @click.option(
     "--plaintext-port",
     type=click.IntRange(1, 65535),
     help="Also listen without TLS on 127.0.0.1:PORT (off by default).",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the table, exports and broker queues here [last one, or var/local].",
+)
 @click.option("--no-ingest", is_flag=True, help="Do not start `cloud ingest`.")
 @reports_errors
 def local_up(
-    mqtt_port: int | None, moto_port: int | None, plaintext_port: int | None, no_ingest: bool
+    mqtt_port: int | None,
+    table_port: int | None,
+    plaintext_port: int | None,
+    data_dir: Path | None,
+    no_ingest: bool,
 ) -> None:
-    """Start the local stack from this folder; `cloud local down` stops it."""
-    state = stack.up(Path.cwd(), mqtt_port, moto_port, plaintext_port, with_ingest=not no_ingest)
+    """Start the local stack from this folder, or what is missing of it.
+
+    Its parts are restarted when they die; `cloud local down` stops them and keeps the data.
+    """
+    result = stack.up(Path.cwd(), mqtt_port, table_port, plaintext_port, not no_ingest, data_dir)
+    state = result.state
+    for note in result.notes:
+        click.echo(f"note     {note}")
     click.echo(f"broker   {state.broker_url} (mutual TLS, CA certs/local-ca/ca.pem)")
     if state.plaintext_port:
         click.echo(f"         mqtt://127.0.0.1:{state.plaintext_port} (plaintext, loopback only)")
-    click.echo(f"aws      {state.endpoint.url} (moto: table {state.table}, bucket {state.bucket})")
-    for name, path in state.logs.items():
-        click.echo(f"log      {name}: {path}")
+    click.echo(
+        f"table    {state.endpoint.url} (dynalite: table {state.table}, "
+        f"data in {_relative(state.table_dir)})"
+    )
+    click.echo(f"exports  {_relative(state.exports_dir)} (where `cloud export` writes by default)")
+    click.echo(f"logs     {_relative(state.logs_dir)}/")
     click.echo("next     device-agent --id sensor-3 --count 100 --interval 0.1")
 
 
 @local.command("down")
 @reports_errors
 def local_down() -> None:
-    """Stop exactly what `cloud local up` started from this folder."""
+    """Stop what `cloud local up` started from this folder; the data stays."""
     stopped = stack.down(Path.cwd())
+    state = stack.StackState.load(Path.cwd())
     if stopped:
         click.echo(f"stopped {', '.join(stopped)}")
     else:
         click.echo(f"no local stack runs from {Path.cwd()}; nothing to stop")
+    if state is not None and state.data.exists():
+        size = stack.folder_size(state.data)
+        click.echo(
+            f"data kept in {_relative(state.data)} ({_size(size)}); `cloud local reset` deletes it"
+        )
+
+
+@local.command("reset")
+@click.option("--yes", is_flag=True, help="Do not ask first.")
+@reports_errors
+def local_reset(yes: bool) -> None:
+    """Stop the local stack and delete its data: every reading, export and queued message.
+
+    Certificates in certs/ stay, so devices keep their identities.
+    """
+    state = stack.StackState.load(Path.cwd())
+    data = state.data if state is not None else stack.state_dir(Path.cwd())
+    if not yes:
+        click.confirm(
+            f"delete the table, exports and broker queues in {_relative(data)}?", abort=True
+        )
+    stopped, deleted = stack.reset(Path.cwd())
+    if stopped:
+        click.echo(f"stopped {', '.join(stopped)}")
+    for path in deleted:
+        click.echo(f"deleted {_relative(path)}")
+    if not deleted:
+        click.echo("no data to delete")
+
+
+def _echo_local_status(state: stack.StackState) -> None:
+    click.echo(f"{'part':<10} {'state':<11} {'pid':>7} {'uptime':>8} {'restarts':>8}  last exit")
+    for part in stack.part_views(state):
+        shown = "running" if part.running else part.state.upper()
+        pid = str(part.pid) if part.pid else "-"
+        uptime = _duration(part.uptime) if part.uptime is not None else "-"
+        click.echo(
+            f"{part.name:<10} {shown:<11} {pid:>7} {uptime:>8} {part.restarts:>8}  "
+            f"{part.last_exit or '-'}"
+        )
+    click.echo(f"broker   {state.broker_url}")
+    click.echo(f"table    {state.endpoint.url} ({state.table})")
+    for what, (path, size) in stack.data_sizes(state).items():
+        click.echo(f"data     {what}: {_relative(path)} ({_size(size)})")
+    click.echo(f"logs     {_relative(state.logs_dir)}/")
 
 
 @main.command("status")
@@ -129,11 +247,11 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
     chosen = targets.resolve(target, endpoint_url)
     click.echo(f"target   {chosen.name} ({chosen.why})")
     if chosen.stack is not None:
-        alive = stack.process_status(chosen.stack)
-        for name, pid in chosen.stack.pids.items():
-            click.echo(f"{name:<8} {'running' if alive.get(name) else 'STOPPED'} (pid {pid})")
-        click.echo(f"broker   {chosen.stack.broker_url}")
-        click.echo(f"aws      {chosen.endpoint.url}")
+        _echo_local_status(chosen.stack)
+        views = {p.name: p for p in stack.part_views(chosen.stack)}
+        if not views["table"].running:
+            click.echo("items    unknown: the table engine is not running (it is restarted)")
+            return
     else:
         from cloud.deploy import aws_status
 
@@ -150,14 +268,25 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
             click.echo(f"device   {thing}: {last}")
         return
     count = item_count(chosen.endpoint.client("dynamodb"), chosen.table)
-    click.echo(f"table    {chosen.table}: {count} item(s)")
+    click.echo(f"items    {chosen.table}: {count} item(s)")
 
 
 @local.command("status")
 @click.pass_context
+@reports_errors
 def local_status(ctx: click.Context) -> None:
-    """The same as `cloud status --target local`."""
-    ctx.invoke(status, target="local", endpoint_url=None, stack_name=DEFAULT_STACK_NAME)
+    """Each part (running or not, pid, uptime, restarts) and where the data is, how big."""
+    root = Path.cwd()
+    if stack.running_state(root) is not None:
+        ctx.invoke(status, target="local", endpoint_url=None, stack_name=DEFAULT_STACK_NAME)
+        return
+    state = stack.StackState.load(root)
+    if state is None:
+        raise click.ClickException(
+            f"no local stack has run from {root}; `cloud local up` starts one"
+        )
+    click.echo(f"target   local: not running (`cloud local up` starts it from {root})")
+    _echo_local_status(state)
 
 
 # -- identities ---------------------------------------------------------------------------
@@ -345,7 +474,7 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
 @click.option(
     "--dead-letter",
     type=click.Path(path_type=Path),
-    help="JSON-lines file for rejected messages [var/local/dead-letter.jsonl].",
+    help="JSON-lines file for rejected messages [the stack's data folder/dead-letter.jsonl].",
 )
 @click.option(
     "--client-id",
@@ -394,7 +523,7 @@ def ingest(
         tls=stack.device_identity(root, stack.INGEST_IDENTITY),
         endpoint=chosen.endpoint,
         table=chosen.table,
-        dead_letter=dead_letter or stack.state_dir(root) / "dead-letter.jsonl",
+        dead_letter=dead_letter or chosen.stack.dead_letter,
         client_id=client_id,
         share_group=share_group,
     )
@@ -421,6 +550,12 @@ def ingest(
 
 
 def _emit(rows: Iterable[Row], fmt: str) -> int:
+    # The first row before any header: a failing query then prints its error alone.
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return 0
+    rows = itertools.chain([first], iterator)
     count = 0
     if fmt == "json":
         for row in rows:
@@ -546,9 +681,8 @@ def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
 @click.option(
     "--to",
     "destination",
-    required=True,
     metavar="DIR|s3://BUCKET/PREFIX",
-    help="A folder, or S3 (on --target local, the local stack's S3).",
+    help="A folder, or S3 [on the local stack: its exports folder].",
 )
 @click.option(
     "--format",
@@ -589,7 +723,7 @@ def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
 @target_options
 @reports_errors
 def export(
-    destination: str,
+    destination: str | None,
     fmt: str,
     since: str | None,
     segments: int,
@@ -606,8 +740,9 @@ def export(
     """
     from cloud import export as exporting
 
+    chosen = targets.resolve(target, endpoint_url)
     spec = exporting.ExportSpec(
-        destination=destination,
+        destination=chosen.exports(destination, "--to"),
         fmt=fmt,
         method=method,
         since_ms=parse_time_ms(since, "--since") if since else None,
@@ -615,7 +750,6 @@ def export(
         segments=segments,
         settle_seconds=settle,
     )
-    chosen = targets.resolve(target, endpoint_url)
     result = exporting.run_export(
         chosen.endpoint, chosen.table, spec, progress=exporting.terminal_progress()
     )
@@ -632,7 +766,7 @@ def _query_report_names() -> list[str]:
 
 
 _QUERY_DATA_HELP = (
-    "The export: a folder, or s3://BUCKET/PREFIX [on the local stack: its exports bucket]."
+    "The export: a folder, or s3://BUCKET/PREFIX [on the local stack: its exports folder]."
 )
 
 
@@ -701,9 +835,7 @@ def query(
         raise click.UsageError("--id, --since and --until go with --report")
     where = resolve_target(data, target, endpoint_url)
     athena = (
-        AthenaSettings.resolve(workgroup, database, athena_output, where.default_athena_output)
-        if engine == "athena"
-        else None
+        AthenaSettings.resolve(workgroup, database, athena_output) if engine == "athena" else None
     )
     if report is not None:
         window = Window.parse(sensor_ids, since, until)

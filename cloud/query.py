@@ -44,9 +44,6 @@ __all__ = [
     "run_report",
 ]
 
-#: Where Athena writes result files on the local stack, beside (never under) the data.
-LOCAL_ATHENA_RESULTS = "_athena-results"
-
 
 @dataclass(frozen=True)
 class QueryTarget:
@@ -54,30 +51,21 @@ class QueryTarget:
 
     data: DataLocation
     endpoint: Endpoint
-    default_athena_output: str | None = None
 
 
 def resolve_target(
     data: str | None, target: str | None = None, endpoint_url: str | None = None
 ) -> QueryTarget:
-    """--data if given, else the local stack's exports bucket; a folder needs no AWS at all."""
+    """--data if given, else the local stack's exports folder; a folder needs no AWS at all."""
     if data is not None:
         location = DataLocation.parse(data)
         if not location.is_s3:
             return QueryTarget(location, Endpoint())
     chosen = targets.resolve(target, endpoint_url)
-    output = (
-        f"s3://{chosen.stack.bucket}/{LOCAL_ATHENA_RESULTS}/" if chosen.stack is not None else None
-    )
-    if data is None:
-        if chosen.stack is None:
-            raise ConfigError(
-                f"--data is missing: give the folder or s3://BUCKET/PREFIX that `cloud export "
-                f"--to` wrote (only the local stack has a default; target is {chosen.name}: "
-                f"{chosen.why})"
-            )
-        location = DataLocation(f"s3://{chosen.stack.bucket}")
-    return QueryTarget(location, chosen.endpoint, output)
+    location = DataLocation.parse(chosen.exports(data, "--data"))
+    if chosen.stack is not None:
+        return QueryTarget(location, Endpoint())
+    return QueryTarget(location, chosen.endpoint)
 
 
 def open_engine(

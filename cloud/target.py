@@ -23,6 +23,29 @@ class Target:
     stack: StackState | None  # the running local stack, for the local target
     why: str  # how it was chosen, for `cloud status`
 
+    def exports(self, given: str | None, option: str) -> str:
+        """Where exports are written or read: `given`, else the local stack's folder.
+
+        The local stack keeps its exports in a folder of its data (S3 there would need a
+        server of its own); s3:// is for AWS, or for a moto server with --target aws.
+        """
+        if self.stack is None:
+            if given is None:
+                raise ConfigError(
+                    f"{option} is missing: give a folder or s3://BUCKET/PREFIX (only the "
+                    f"local stack has a default; target is {self.name}: {self.why})"
+                )
+            return given
+        if given is None:
+            return str(self.stack.exports_dir)
+        if given.startswith("s3://"):
+            raise ConfigError(
+                f"{option} {given}: the local stack has no S3; its exports are in "
+                f"{self.stack.exports_dir} (omit {option}), or give a folder; for S3 use "
+                "--target aws"
+            )
+        return given
+
 
 def resolve(
     flag: str | None,

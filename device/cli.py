@@ -77,10 +77,14 @@ def run_agents(agents: list[Agent]) -> list[Summary]:
 def _local_stack_defaults(sensor_id: str) -> dict[str, Any] | None:
     """Broker and certificates from a running local stack (`cloud local up`), if any."""
     try:
+        from cloud.errors import PipelineError
         from cloud.local.stack import device_defaults
     except ImportError:
         return None
-    return device_defaults(sensor_id)
+    try:
+        return device_defaults(sensor_id)
+    except PipelineError as exc:  # a damaged stack.json, a CA that cannot issue
+        raise click.ClickException(f"local stack: {exc}") from None
 
 
 def build_config(sensor_id: str, config_file: Path | None, flags: dict[str, Any]) -> AgentConfig:

@@ -1,1 +1,3 @@
-"""The local stack: Mosquitto and moto's server on loopback, standing in for AWS."""
+"""The local stack: a table engine, Mosquitto and ingest on loopback, kept running by a
+supervisor, with their data on disk (`stack.py`). moto's server (`moto.py`) stays for the
+tests of the AWS side."""
