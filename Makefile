@@ -53,26 +53,30 @@ lint: setup
 	$(VENV)/bin/cfn-lint cloud/cloudformation/sensor-pipeline.yaml
 	$(PY) -m cloud.template --check
 
-# The tutorial's scenario on the local stack: 10 simulated sensors x 1000 readings, then
-# what arrived in the table. Stops what it started, even when a step fails.
+# The tutorial's scenario on a local stack of its own in var/demo (its own table, certificates
+# and ports, so a stack you run from this folder is left alone), then what arrived. Starts
+# afresh each time; stops what it started, even when a step fails.
+DEMO := var/demo
+BIN := $(abspath $(VENV)/bin)
 demo: setup
-	@rm -rf var/demo
-	@set -e; trap '$(VENV)/bin/cloud local down' EXIT; \
-	$(VENV)/bin/cloud local up; \
+	@if [ -d $(DEMO) ]; then (cd $(DEMO) && $(BIN)/cloud local down >/dev/null); rm -rf $(DEMO); fi
+	@mkdir -p $(DEMO)
+	@set -e; cd $(DEMO); trap '$(BIN)/cloud local down' EXIT; \
+	$(BIN)/cloud local up; \
 	echo "== 10 simulated sensors x 1000 readings"; \
-	$(VENV)/bin/device-agent simulate --devices 10 --count 1000 --interval 0 -q --outbox-dir var/demo/outbox; \
+	$(BIN)/device-agent simulate --devices 10 --count 1000 --interval 0 -q --outbox-dir outbox; \
 	echo "== per-sensor summary, from the SensorData table"; \
-	$(VENV)/bin/cloud summary --wait-for 10000; \
+	$(BIN)/cloud summary --wait-for 10000; \
 	echo "== the newest readings of sensor-3"; \
-	$(VENV)/bin/cloud readings --id sensor-3 --limit 5; \
-	echo "== export the table to S3 (moto), as Data Pipeline's JSON lines and as Parquet"; \
-	$(VENV)/bin/cloud export --to s3://sensor-exports/ --format datapipeline --settle 0; \
-	$(VENV)/bin/cloud export --to s3://sensor-exports/ --format parquet --settle 0; \
+	$(BIN)/cloud readings --id sensor-3 --limit 5; \
+	echo "== export the table to the stack's exports folder, as Data Pipeline's JSON lines and as Parquet"; \
+	$(BIN)/cloud export --format datapipeline --settle 0; \
+	$(BIN)/cloud export --format parquet --settle 0; \
 	echo "== the tutorial's Athena SQL, unchanged, on DuckDB over the export"; \
-	$(VENV)/bin/cloud query "SELECT sensorid.s AS sensor, count(*) AS readings, round(avg(temperature.n), 2) AS avg_temp FROM sensor_data GROUP BY sensorid.s ORDER BY sensor"; \
+	$(BIN)/cloud query "SELECT sensorid.s AS sensor, count(*) AS readings, round(avg(temperature.n), 2) AS avg_temp FROM sensor_data GROUP BY sensorid.s ORDER BY sensor"; \
 	echo "== cloud query --report summary, over the Parquet export"; \
-	$(VENV)/bin/cloud query --report summary; \
-	$(VENV)/bin/cloud plot --id sensor-1 --id sensor-2 --id sensor-3 --out var/demo/temperature.png
+	$(BIN)/cloud query --report summary; \
+	$(BIN)/cloud plot --id sensor-1 --id sensor-2 --id sensor-3 --out temperature.png
 
 bench: setup
 	$(PY) bench/agent_publish.py

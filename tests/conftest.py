@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
 from cloud.table import create_table
 from tests.mqtt import Subscriber, reap_children
+
+# No AWS call of a test may leave loopback: without credentials botocore would otherwise ask
+# the EC2 instance metadata address for some. Subprocesses inherit it.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(autouse=True)

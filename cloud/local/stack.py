@@ -341,7 +341,8 @@ def up(
     if saved is not None:
         _stop_leftovers(saved)
 
-    mosquitto_binary()  # fail before anything starts if the broker is missing
+    mosquitto_binary()  # fail before anything starts if a program is missing
+    table_engine.node_binary()
     table_engine.ensure_installed()
     if plaintext_port is not None and not port_is_free(plaintext_port):
         raise LocalStackError(f"port {plaintext_port} on 127.0.0.1 is in use; choose another")
@@ -419,14 +420,21 @@ def _wait_running(
     """Return once every part runs; fail with the reason if the supervisor or a part cannot."""
     deadline = time.monotonic() + timeout
     sup_log = state.logs_dir / "supervisor.log"
-    while True:
+    before: dict[str, int] | None = None  # restarts when we began: a part failing while we
+    while True:  # wait, three times over, will not come up by waiting longer
         if proc is not None and proc.poll() is not None:
             raise LocalStackError(f"the stack's supervisor exited; see {sup_log}")
         status = SupervisorStatus.load(supervisor_status_path(Path(state.root)))
         parts = status.parts if status is not None else {}
         if parts and all(parts[n].state == "running" for n in state.parts if n in parts):
             return
-        failing = [p for p in parts.values() if p.state != "running" and p.restarts >= 3]
+        if before is None and parts:
+            before = {n: p.restarts for n, p in parts.items()}
+        failing = [
+            p
+            for n, p in parts.items()
+            if p.state != "running" and p.restarts - (before or {}).get(n, 0) >= 3
+        ]
         if failing or time.monotonic() > deadline:
             stuck = failing or [p for p in parts.values() if p.state != "running"]
             first = (stuck or [PartStatus("stack")])[0]

@@ -487,22 +487,25 @@ def test_s3_export_on_the_moto_server(aws: Endpoint, s3: Any, export: Path, buck
     assert "no export data at" in failed_with_one_line(result)
 
 
-def test_default_data_is_the_local_stacks_exports_bucket(
-    aws: Endpoint, s3: Any, export: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+def test_default_data_is_the_local_stacks_exports_folder(
+    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    upload(s3, export, bucket, "")
-    assert aws.url is not None
     state = StackState(
-        root="/nowhere", mqtt_port=1, moto_port=int(aws.url.rsplit(":", 1)[1]), bucket=bucket
+        root=str(tmp_path), mqtt_port=1, table_port=2, data_dir=str(export.parent / "data")
     )
+    (export.parent / "data").mkdir()
+    export.rename(state.exports_dir)
     local = Target("local", state.endpoint, "SensorData", state, "test")
     monkeypatch.setattr(query_module.targets, "resolve", lambda *_: local)
     chosen = resolve_target(None)
-    assert chosen.data.url == f"s3://{bucket}"
-    assert chosen.default_athena_output == f"s3://{bucket}/_athena-results/"
+    assert chosen.data.url == str(state.exports_dir)
     result = cloud("query", "--report", "summary", "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].startswith(f"sensor-1,7,20.0,{152.5 / 7!r},23.5,")
+    # The local stack has no S3: asking for it says where its exports are.
+    result = cloud("query", "SELECT 1", "--data", "s3://sensor-exports/")
+    assert result.exit_code == 1
+    assert f"the local stack has no S3; its exports are in {state.exports_dir}" in result.output
 
 
 def test_dynamodb_native_export_reads_as_sensor_data(

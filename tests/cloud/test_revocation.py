@@ -205,7 +205,7 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, dev
     """`cloud local up` starts Mosquitto without `crlfile`, and SIGHUP cannot add one: the
     stack's broker is restarted with it."""
     up = ("-m", "cloud", "local", "up", "--no-ingest")
-    cloud(root, *up, "--mqtt-port", str(free_port()), "--moto-port", str(free_port()))
+    cloud(root, *up, "--mqtt-port", str(free_port()), "--table-port", str(free_port()))
     try:
         state = stack.StackState.load(root)
         assert state is not None

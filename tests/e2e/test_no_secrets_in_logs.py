@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shutil
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,20 +36,34 @@ def pem_body_lines(path: Path) -> set[str]:
     }
 
 
-def project_root(pki: Pki, folder: Path, broker: Mosquitto, moto: MotoServer, table: str) -> Path:
+def project_root(
+    pki: Pki, folder: Path, broker: Mosquitto, moto: MotoServer, table: str, stand_in: int
+) -> Path:
     """A project folder whose `var/local/stack.json` names this test's broker, moto server
-    and table, so `cloud ingest --target local` runs from it as after `cloud local up`."""
+    and table, so `cloud ingest --target local` runs from it as after `cloud local up`.
+    `stand_in` is the pid of a process that passes for the stack's supervisor."""
     root = folder / "project"
     shutil.copytree(pki.ca.folder, root / "certs" / "local-ca")
-    assert broker.pid is not None
     stack.StackState(
         root=str(root),
         mqtt_port=broker.config.port,
-        moto_port=moto.port,
+        table_port=moto.port,
+        data_dir=str(root / "var" / "local"),
         table=table,
-        pids={"mosquitto": broker.pid},
+        supervisor_pid=stand_in,
     ).save()
     return root
+
+
+@pytest.fixture
+def supervisor_stand_in() -> Iterator[int]:
+    """A process whose command line names the supervisor: the stack "runs" while it does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "cloud.local.supervisor"],
+        stdin=subprocess.PIPE,
+    )
+    yield proc.pid
+    proc.communicate(b"")
 
 
 def cloud_ingest(root: Path, folder: Path, name: str, env: dict[str, str], *args: str) -> Proc:
@@ -69,19 +84,22 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
     agents: Agents,
     device_id: str,
     tmp_path: Path,
+    supervisor_stand_in: int,
 ) -> None:
     aws_secret = "e2e" + secrets.token_urlsafe(30)
     env = {"AWS_SECRET_ACCESS_KEY": aws_secret, "AWS_ACCESS_KEY_ID": "AKIAE2ETESTKEY00000"}
     agents.env = env
     broker = start_broker()
     port = broker.config.port
-    root = project_root(pki, tmp_path, broker, moto_server, table)
+    root = project_root(pki, tmp_path, broker, moto_server, table, supervisor_stand_in)
     logs = tmp_path / "logs"
     ingest = cloud_ingest(root, logs, "ingest", env)
     assert ingest.alive(), ingest.err()
 
     # A project whose table is missing: ingest fails (on its own share group) with a message.
-    broken = project_root(pki, tmp_path / "broken", broker, moto_server, f"{table}-missing")
+    broken = project_root(
+        pki, tmp_path / "broken", broker, moto_server, f"{table}-missing", supervisor_stand_in
+    )
     failing = cloud_ingest(
         broken, logs, "ingest-no-table", env, "--client-id", "ingest-broken", "--share-group", "b"
     )
