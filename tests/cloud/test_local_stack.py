@@ -242,7 +242,7 @@ def test_a_dead_supervisor_takes_its_parts_down_and_up_brings_all_back(project: 
     wait_until(
         lambda: not any(alive(p["pid"]) for p in old.values()), timeout=30, what="parts to stop"
     )
-    code, out, err = cloud(project, "readings", "--id", "sv-1")
+    code, _, err = cloud(project, "readings", "--id", "sv-1")
     assert code == 1 and "cloud local up" in err and "Traceback" not in err
     ok(project, "local", "up")
     assert len(readings(project, "sv-1")) == 5
@@ -360,7 +360,7 @@ def test_a_busy_port_asked_for_is_refused_and_a_busy_default_is_avoided(project:
 def test_a_missing_program_is_explained_and_nothing_is_left_running(
     project: Path, variable: str, names: str
 ):
-    code, out, err = cloud(project, "local", "up", env={variable: str(project / "nope")})
+    code, _, err = cloud(project, "local", "up", env={variable: str(project / "nope")})
     assert code == 1
     assert names in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (project / "var/local/supervisor.json").exists()
