@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 from cloud.errors import LocalStackError
 
@@ -23,6 +22,14 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def is_listening(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def wait_listening(
@@ -43,17 +50,4 @@ def wait_listening(
                 f"{what} did not listen on port {port} in {timeout:g}s; see {log_hint}"
             )
         # A connect refused returns at once: pace the retries so we do not spin.
-        time.sleep(0.05)
-
-
-def wait_for_file(
-    path: Path, process: subprocess.Popen[bytes], what: str, log_hint: str, timeout: float = 30.0
-) -> None:
-    """Return once `process` has created `path` (its "I am ready"); fail early if it dies."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            raise LocalStackError(f"{what} exited with code {process.returncode}; see {log_hint}")
-        if time.monotonic() > deadline:
-            raise LocalStackError(f"{what} was not ready in {timeout:g}s; see {log_hint}")
         time.sleep(0.05)

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import LocalStackError
 from cloud.local import table_engine
 from cloud.local.mosquitto import MosquittoConfig, mosquitto_binary
-from cloud.local.ports import free_port, port_is_free
+from cloud.local.ports import free_port, is_listening, port_is_free
 from cloud.local.supervisor import PartSpec, PartStatus, SupervisorStatus
 from cloud.local_ca import Identity, LocalCA, certs_dir, private_folder
 from cloud.revocation import ensure_crl
@@ -215,14 +214,6 @@ def device_defaults(device_id: str, root: Path | None = None) -> dict[str, Any] 
 # -- the parts -----------------------------------------------------------------------------
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def broker_config(state: StackState) -> MosquittoConfig:
     """The stack's broker, always with the local CA's revocation list applied."""
     root = Path(state.root)
@@ -251,7 +242,7 @@ def part_specs(state: StackState) -> list[PartSpec]:
             name="table",
             argv=lambda: table_engine.command(state.table_port, state.table_dir),
             log_path=logs / "table.log",
-            ready=lambda: _listening(state.table_port),
+            ready=lambda: is_listening(state.table_port),
             needle=_NEEDLES["table"],
             prepare=lambda: state.table_dir.mkdir(parents=True, exist_ok=True),
             # Idempotent: also makes the table again in a data folder that lost it.
@@ -261,7 +252,7 @@ def part_specs(state: StackState) -> list[PartSpec]:
             name="mosquitto",
             argv=lambda: [mosquitto_binary(), "-c", str(broker.conf_path)],
             log_path=broker.log_path,
-            ready=lambda: _listening(state.mqtt_port),
+            ready=lambda: is_listening(state.mqtt_port),
             needle=_NEEDLES["mosquitto"],
             prepare=broker.write,
         ),

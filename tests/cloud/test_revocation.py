@@ -209,6 +209,7 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, dev
     try:
         state = stack.StackState.load(root)
         assert state is not None
+        before = state.pids["mosquitto"]
         gone = stack.device_identity(root, "st-gone")
         other = stack.device_identity(root, "st-other")
         assert connects(devices, state.mqtt_port, gone)
@@ -218,7 +219,7 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, dev
         restart += "restart_broker as r; print(r(Path(sys.argv[1])))"
         new_pid = int(cloud(root, "-c", restart, str(root)))
 
-        assert new_pid != state.pids["mosquitto"]
+        assert new_pid != before
         assert stack.running_state(root).pids["mosquitto"] == new_pid
         assert devices[0].dropped.wait(10)
         assert not connects(devices, state.mqtt_port, gone)
