@@ -81,6 +81,7 @@ demo: setup
 bench: setup
 	$(PY) bench/agent_publish.py
 	$(PY) bench/receipts.py
+	$(PY) bench/table_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
