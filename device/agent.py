@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.backoff import Backoff
+from device.clock import WallClock
 from device.config import AgentConfig
 from device.errors import BrokerError, OutboxError, SensorReadError
 from device.outbox import Outbox
@@ -42,6 +43,9 @@ MAX_UNCONFIRMED = 1000
 RECONNECT_GRACE = 2.0
 #: A reading that timed out waits twice as long for its next receipt, up to this factor.
 MAX_TIMEOUT_FACTOR = 16
+#: Readings held in memory while the clock is not synchronised, at most (then they are
+#: stamped with the clock as it is, and kept).
+MAX_HELD = 10_000
 
 
 @dataclass
@@ -52,11 +56,14 @@ class Summary:
     buffered: int = 0
     dropped: int = 0
     read_errors: int = 0
+    clock_jumps: int = 0  # backward jumps of the system clock of more than a second
 
     def line(self) -> str:
+        jumps = f", clock jumps back {self.clock_jumps}" if self.clock_jumps else ""
         return (
             f"{self.sensor_id}: published {self.published}, acknowledged {self.acknowledged}, "
             f"buffered {self.buffered}, dropped {self.dropped}, read errors {self.read_errors}"
+            + jumps
         )
 
 
@@ -67,8 +74,15 @@ class Agent:
         sensor: Sensor | None = None,
         transport_factory: Callable[[AgentConfig, Callbacks], Transport] = make_transport,
         clock: Callable[[], float] = time.monotonic,
+        wall: WallClock | None = None,
     ) -> None:
         self.config = config
+        self._wall = wall or WallClock(monotonic=clock)
+        # Readings taken while the clock is not synchronised: (values, monotonic time).
+        self._held: list[tuple[dict[str, float], float]] = []
+        self._clock_trusted = config.clock_wait == 0
+        self._held_since: float | None = None
+        self._next_clock_check = 0.0
         self.summary = Summary(config.sensor_id)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stopping = threading.Event()
@@ -108,6 +122,11 @@ class Agent:
         self._hold_until = 0.0  # after a refused delivery, wait before sending again
         self._hold_backoff = Backoff(initial=0.2, cap=5.0)
 
+    @property
+    def held(self) -> int:
+        """Readings taken but held until the system clock is synchronised."""
+        return len(self._held)
+
     def close(self) -> None:
         """Release the outbox and sensor of an agent that will not run."""
         self.outbox.close()
@@ -136,6 +155,10 @@ class Agent:
                 now = self._clock()
                 if self._stopping.is_set() and flush_deadline is None:
                     flush_deadline = now + cfg.flush_timeout
+                    self._release_held(force=True)  # into the outbox: nothing is lost
+                self._wall.check_jump()
+                if self._held:
+                    self._release_held()
                 producing = flush_deadline is None and (
                     cfg.count is None or self._produced < cfg.count
                 )
@@ -144,7 +167,7 @@ class Agent:
                     next_read = max(next_read + cfg.interval, now) if cfg.interval else now
                 self._expire_unconfirmed(now)
                 self._fill_window()
-                if not producing and len(self.outbox) == 0:
+                if not producing and len(self.outbox) == 0 and not self._held:
                     break  # everything produced is acknowledged
                 if flush_deadline is not None and now >= flush_deadline:
                     log.warning(
@@ -164,8 +187,10 @@ class Agent:
                     wait = min(wait, max(0.0, flush_deadline - now))
                 self._handle_events(wait)
         finally:
+            self._release_held(force=True)
             self._transport.stop(timeout=5.0)
             self._handle_events(0)
+            self.summary.clock_jumps = self._wall.backward_jumps
             self.summary.buffered = len(self.outbox)
             # Plus any batch an outbox write error lost, counted as it happened.
             self.summary.dropped += self.outbox.dropped - self._dropped_at_start
@@ -184,22 +209,66 @@ class Agent:
             want = min(MAX_BATCH, cfg.inflight - self._unsent())
         if cfg.count is not None:
             want = min(want, cfg.count - self._produced)
-        batch: list[dict[str, float]] = []
+        batch: list[tuple[dict[str, float], float]] = []
         for _ in range(max(0, want)):
             values = self._read_sensor()
             if values is None:
                 break
-            batch.append(values)
+            batch.append((values, self._clock()))
         if not batch:
             return
+        self._produced += len(batch)
+        if self._clock_is_trusted():
+            self._store(batch)
+        else:
+            self._held.extend(batch)
+
+    def _clock_is_trusted(self) -> bool:
+        """Whether readings may be stamped now; False while holding them for the clock."""
+        if self._clock_trusted:
+            return True
+        now = self._clock()
+        if now >= self._next_clock_check:
+            self._next_clock_check = now + 1.0  # a system call: once a second is plenty
+            synced = self._wall.synchronized()
+            if synced is None or synced:
+                if self._held:
+                    log.info(
+                        "system clock synchronised: stamping %d held reading(s)", len(self._held)
+                    )
+                self._clock_trusted = True
+                return True
+        if self._held_since is None:
+            self._held_since = now
+            log.warning(
+                "the system clock is not synchronised yet (no NTP sync since boot?): holding "
+                "readings until it is, for at most %gs (--clock-wait)",
+                self.config.clock_wait,
+            )
+        if now - self._held_since >= self.config.clock_wait or len(self._held) >= MAX_HELD:
+            log.warning(
+                "the system clock is still not synchronised after %.0fs: stamping readings "
+                "with it as it is",
+                now - self._held_since,
+            )
+            self._clock_trusted = True
+            return True
+        return False
+
+    def _release_held(self, force: bool = False) -> None:
+        if self._held and (force or self._clock_is_trusted()):
+            held, self._held = self._held, []
+            self._store(held)
+
+    def _store(self, batch: list[tuple[dict[str, float], float]]) -> None:
+        taken_ms = [self._wall.stamp(taken) for _, taken in batch]
         try:
-            self.outbox.append(batch)
+            self.outbox.append([values for values, _ in batch], taken_ms=taken_ms)
         except OutboxError as exc:
             # Nothing of this batch was stored; say so and try again at the next tick.
             log.error("%s; %d reading(s) not kept", exc, len(batch))
             self.summary.dropped += len(batch)
-            return
-        self._produced += len(batch)
+            self._produced -= len(batch)  # --count means readings kept
 
     def _read_sensor(self) -> dict[str, float] | None:
         for attempt in range(1, READ_ATTEMPTS + 1):

@@ -22,6 +22,7 @@ ENV_PREFIX = "DEVICE_AGENT_"
 SENSORS = ("simulated", "cpu", "ds18b20", "dht22", "bme280")
 TRANSPORTS = ("paho", "awsiot")
 FULL_POLICIES = ("drop-oldest", "refuse-newest")
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class AgentConfig:
     receipts: bool = False
     #: How long a PUBACKed reading may wait for its receipt before it is sent again.
     receipt_timeout: float = 30.0
+    #: Until the system clock is synchronised, hold readings (stamped once it is) for at
+    #: most this long; 0 stamps them at once with the clock as it is.
+    clock_wait: float = 120.0
+    #: "auto" tries MQTT 5 and falls back to 3.1.1 when the broker refuses the version.
+    mqtt_version: str = "auto"
     seed: int | None = None
     pin: str = "D4"
     w1_id: str | None = None  # ds18b20: which one on the bus (None: the first found)
@@ -201,6 +207,8 @@ _KINDS: dict[str, type] = {
     "flow_control": bool,
     "receipts": bool,
     "receipt_timeout": float,
+    "clock_wait": float,
+    "mqtt_version": str,
     "seed": int,
     "pin": str,
     "w1_id": str,
@@ -211,6 +219,7 @@ _CHOICES = {
     "sensor": SENSORS,
     "outbox_full": FULL_POLICIES,
     "qos": (0, 1),
+    "mqtt_version": MQTT_VERSIONS,
 }
 _MINIMUMS: dict[str, float] = {
     "interval": 0,
@@ -220,6 +229,7 @@ _MINIMUMS: dict[str, float] = {
     "flush_timeout": 0,
     "offline_limit": 0,
     "receipt_timeout": 1,
+    "clock_wait": 0,
 }
 
 
@@ -256,7 +266,7 @@ def load_config(
         values[name] = (value, source)
 
     if "broker" not in values and default_broker:
-        for name in ("broker", "cert", "key", "ca", "receipts"):
+        for name in ("broker", "cert", "key", "ca", "receipts", "clock_wait"):
             if name not in values and default_broker.get(name) is not None:
                 values[name] = (_KINDS[name](default_broker[name]), "the local stack")
     if "broker" not in values:

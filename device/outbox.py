@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,18 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value
 );
+CREATE TABLE IF NOT EXISTS stamps (
+    n INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL UNIQUE
+);
 """
+#: How far `ts` may run ahead of the clock to stay strictly increasing (readings faster than
+#: one a millisecond, or a clock stepped back a little). A step back larger than this is a
+#: clock jump: readings then get their true time, kept unique against `stamps`.
+AHEAD_MS = 1000
+#: The ts values of this many recent readings are kept to keep new ones unique after a
+#: clock jump (about 27 hours at one reading a second).
+RECENT_STAMPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -121,13 +132,18 @@ class Outbox:
     # -- the three operations --------------------------------------------------------------
 
     def append(
-        self, measurements: Iterable[Mapping[str, float]], now_ms: int | None = None
+        self,
+        measurements: Iterable[Mapping[str, float]],
+        now_ms: int | None = None,
+        taken_ms: Sequence[int] | None = None,
     ) -> list[Pending]:
         """Store new readings in one transaction and return those that were kept.
 
-        Each gets the next `seq` and a `ts` past the previous one, even when the clock went
-        back (NTP on a Pi that booted without network). A reading refused by a full outbox
-        still uses up its `seq`, so the gap shows in the cloud.
+        Each gets the next `seq` and as `ts` the time it was taken (`taken_ms`, else
+        `now_ms`, else now): past the previous `ts` when the clock has not jumped, never
+        ahead of its own time by more than AHEAD_MS, and never a `ts` a recent reading has.
+        A reading refused by a full outbox still uses up its `seq`, so the gap shows in the
+        cloud.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         kept: list[Pending] = []
@@ -137,11 +153,12 @@ class Outbox:
                 seq, last_ts = self.next_seq, self._int("last_ts")
                 dropped = 0
                 count = self._count
-                for values in measurements:
-                    ts = max(now_ms, last_ts + 1)
+                for i, values in enumerate(measurements):
+                    ts = self._unique_ts(taken_ms[i] if taken_ms is not None else now_ms, last_ts)
+                    last_ts = max(last_ts, ts)
                     metrics = {k: v for k, v in values.items() if k != "temperature"}
                     reading = Reading(self.sensor_id, ts, seq, values["temperature"], metrics)
-                    seq, last_ts = seq + 1, ts
+                    seq += 1
                     if count >= self.max_items:
                         dropped += 1
                         if self.full_policy == "refuse-newest":
@@ -161,6 +178,10 @@ class Outbox:
                     kept.append(Pending(reading.seq, payload))
                 self._set("next_seq", seq)
                 self._set("last_ts", last_ts)
+                self._db.execute(
+                    "DELETE FROM stamps WHERE n <= (SELECT max(n) FROM stamps) - ?",
+                    (RECENT_STAMPS,),
+                )
                 if dropped:
                     self._set("dropped", self.dropped + dropped)
                 self._db.execute("COMMIT")
@@ -180,6 +201,18 @@ class Outbox:
             )
         self._count = count
         return kept
+
+    def _unique_ts(self, taken: int, last_ts: int) -> int:
+        if taken > last_ts:
+            ts = taken
+        elif last_ts - taken < AHEAD_MS:
+            ts = last_ts + 1
+        else:  # the clock went back: true time, but not one an earlier reading has
+            ts = taken
+            while self._db.execute("SELECT 1 FROM stamps WHERE ts = ?", (ts,)).fetchone():
+                ts += 1
+        self._db.execute("INSERT OR IGNORE INTO stamps (ts) VALUES (?)", (ts,))
+        return ts
 
     def pending(self, after_seq: int = -1, limit: int = 1000) -> list[Pending]:
         """Unacknowledged readings with seq > after_seq, oldest first."""
@@ -222,15 +255,18 @@ class Outbox:
             # No fsync for this commit: losing it to a power cut only means a resend, and
             # the next append's FULL commit makes it durable along with its own rows.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", batch)
-            removed = self._db.total_changes - before
-            self._db.execute("COMMIT")
-            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                before = self._db.total_changes
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", batch)
+                removed = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            finally:
+                # On every path: a failed delete must not leave appends without fsync.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
             raise _explain(self.path, exc) from None
         self._count -= removed
         return removed

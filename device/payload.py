@@ -25,7 +25,7 @@ OPTIONAL_METRICS = ("humidity", "pressure")
 MAX_PAYLOAD_BYTES = 4096
 #: Thing names on AWS IoT: letters, digits, colon, underscore, hyphen; MQTT wildcards and
 #: slashes would break the topic scheme, so they are refused here too.
-SENSOR_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,128}$")
+SENSOR_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,128}")
 
 
 class PayloadError(AgentError):
@@ -37,7 +37,7 @@ class PayloadError(AgentError):
 
 
 def check_sensor_id(sensor_id: str) -> str:
-    if not isinstance(sensor_id, str) or not SENSOR_ID_RE.match(sensor_id):
+    if not isinstance(sensor_id, str) or not SENSOR_ID_RE.fullmatch(sensor_id):
         raise PayloadError(
             "bad sensor_id",
             f"{sensor_id!r}: use 1-128 letters, digits, '-', '_' or ':'",

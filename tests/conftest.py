@@ -20,6 +20,9 @@ from tests.mqtt import Subscriber, reap_children
 # No AWS call of a test may leave loopback: without credentials botocore would otherwise ask
 # the EC2 instance metadata address for some. Subprocesses inherit it.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# This machine runs no NTP, so its kernel reports the clock unsynchronised, and agents would
+# hold their readings for --clock-wait. Tests of that (tests/device/test_clock.py) set it.
+os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from device.config import AgentConfig
+from device.errors import ConfigError
 from device.payload import receipt_topic
 
 
@@ -44,7 +45,13 @@ class Transport(Protocol):
 
 def make_transport(config: AgentConfig, callbacks: Callbacks) -> Transport:
     if config.transport == "awsiot":
-        from device.transport.awsiot import AwsIotTransport
+        try:
+            from device.transport.awsiot import AwsIotTransport
+        except ImportError as exc:
+            raise ConfigError(
+                f"--transport awsiot needs the AWS IoT Device SDK ({exc.name} is missing): "
+                "pip install 'sensor-pipeline[awsiot]', or use --transport paho"
+            ) from None
 
         return AwsIotTransport(config, callbacks)
     from device.transport.paho import PahoTransport

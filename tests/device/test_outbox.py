@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +18,21 @@ def temps(*values: float) -> list[dict[str, float]]:
     return [{"temperature": v} for v in values]
 
 
-def test_seq_and_ts_continue_across_reopen_even_when_the_clock_goes_back(tmp_path: Path):
+def test_seq_continues_across_reopen_and_ts_stays_true_when_the_clock_goes_back(
+    tmp_path: Path,
+):
     path = tmp_path / "o.sqlite"
     box = Outbox(path, "s1")
-    first = box.append(temps(1, 2, 3), now_ms=1_000_000)
+    t = 1_764_345_600_000
+    first = box.append(temps(1, 2, 3), now_ms=t)
     box.close()
     box = Outbox(path, "s1")
-    # The clock went back a minute (NTP correcting a Pi that booted offline).
-    later = box.append(temps(4), now_ms=940_000)
+    # The clock went back a minute (NTP correcting a fast clock): the true time, not
+    # the last ts plus one (tests/device/test_clock.py has the rest).
+    later = box.append(temps(4), now_ms=t - 60_000)
     stored = [json.loads(p.payload) for p in box.pending()]
     assert [p.seq for p in first + later] == [0, 1, 2, 3]
-    assert [r["ts"] for r in stored] == [1_000_000, 1_000_001, 1_000_002, 1_000_003]
+    assert [r["ts"] for r in stored] == [t, t + 1, t + 2, t - 60_000]
 
 
 def test_removed_readings_are_not_pending_and_the_rest_stay_in_order(tmp_path: Path):
@@ -80,3 +85,21 @@ def test_an_outbox_path_that_cannot_be_made_gives_a_clear_error(tmp_path: Path):
     not_a_folder.write_text("")
     with pytest.raises(OutboxError, match=r"point --outbox elsewhere"):
         Outbox(not_a_folder / "o.sqlite", "s1")
+
+
+def test_a_failed_delete_leaves_appends_fsynced(tmp_path: Path):
+    """remove() commits without fsync; a delete that fails (a full disk) must not leave the
+    connection that way, or every later append would lose its power-cut durability."""
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, "s1")
+    box.append(temps(1, 2))
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "CREATE TRIGGER fail BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'disk I/O"
+            " error'); END"
+        )
+    with pytest.raises(OutboxError, match="disk I/O error"):
+        box.remove([0])
+    full = 2
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == full
+    assert [p.seq for p in box.pending()] == [0, 1]
