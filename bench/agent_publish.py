@@ -124,6 +124,9 @@ def pick_port() -> int:
 _READER = """
 import sys, paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+# This machine runs no NTP: agents would hold their readings for --clock-wait (120 s).
+os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-reader",
                 protocol=MQTTProtocolVersion.MQTTv5)
