@@ -18,12 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud import target as targets
 from cloud.aws import Endpoint
@@ -54,21 +49,29 @@ def reports_errors(func: F) -> F:
 
 def aws_error_line(exc: BotoCoreError | ClientError) -> str:
     """One line for an AWS call that failed where no code of ours expected it to."""
-    if isinstance(exc, NoCredentialsError):
-        return (
-            "no AWS credentials found: for the local stack run `cloud local up` in this "
-            "folder (or pass --target local); for AWS set AWS_PROFILE or AWS_ACCESS_KEY_ID"
-        )
-    if isinstance(exc, EndpointConnectionError):
-        url = exc.kwargs.get("endpoint_url", "the endpoint")
-        return (
-            f"cannot reach {url}: if that is the local stack, `cloud local status` shows "
-            "which part is down (it is restarted within seconds)"
-        )
+    if isinstance(exc, BotoCoreError):
+        problem = targets.aws_problem(exc)
+        if problem is not None:
+            return problem
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"AWS refused the call: {error.get('Code', '?')}: {error.get('Message', exc)}"
     return f"AWS call failed: {exc}"
+
+
+class _Header:
+    """A line on stderr that heads what follows (the target, progress events), printed only
+    once something does follow: a command failing first prints its error alone."""
+
+    def __init__(self, line: str) -> None:
+        self._line: str | None = line
+
+    def __call__(self, text: str | None = None) -> None:
+        if self._line is not None:
+            click.echo(self._line, err=True)
+            self._line = None
+        if text is not None:
+            click.echo(text, err=True)
 
 
 def target_options(func: F) -> F:
@@ -92,7 +95,8 @@ def main(verbose: bool) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    for noisy in ("botocore", "boto3", "urllib3", "paho"):
+    # matplotlib logs "generated new fontManager" at INFO on a first run: a stray line.
+    for noisy in ("botocore", "boto3", "urllib3", "paho", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -219,7 +223,10 @@ def local_reset(yes: bool) -> None:
 def _echo_local_status(state: stack.StackState) -> None:
     click.echo(f"{'part':<10} {'state':<11} {'pid':>7} {'uptime':>8} {'restarts':>8}  last exit")
     for part in stack.part_views(state):
-        shown = "running" if part.running else part.state.upper()
+        # Recorded as running but its process is gone: the supervisor has not noticed yet.
+        shown = (
+            "running" if part.running else "DEAD" if part.state == "running" else part.state.upper()
+        )
         pid = str(part.pid) if part.pid else "-"
         uptime = _duration(part.uptime) if part.uptime is not None else "-"
         click.echo(
@@ -245,8 +252,8 @@ def _echo_local_status(state: stack.StackState) -> None:
 def status(target: str | None, endpoint_url: str | None, stack_name: str) -> None:
     """Say which side commands act on, what runs where, and how many readings the table holds."""
     chosen = targets.resolve(target, endpoint_url)
-    click.echo(f"target   {chosen.name} ({chosen.why})")
     if chosen.stack is not None:
+        click.echo(f"target   {chosen.name} ({chosen.why})")
         _echo_local_status(chosen.stack)
         views = {p.name: p for p in stack.part_views(chosen.stack)}
         if not views["table"].running:
@@ -255,8 +262,10 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
     else:
         from cloud.deploy import aws_status
 
-        click.echo(f"aws      {chosen.endpoint.url or 'AWS (default endpoint)'}")
+        # Asked before anything is printed: a failure is then its one line alone.
         info = aws_status(chosen.endpoint, stack_name)
+        click.echo(f"target   {chosen.name} ({chosen.why})")
+        click.echo(f"aws      {chosen.endpoint.url or 'AWS (default endpoint)'}")
         click.echo(f"stack    {stack_name}: {info.stack_status or 'not deployed (cloud deploy)'}")
         if info.broker_url:
             click.echo(f"broker   {info.broker_url} (AWS IoT Core, ATS)")
@@ -267,7 +276,12 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
             last = f"{iso_ms(row.time_ms)} {row.temperature:.2f}" if row else "no readings"
             click.echo(f"device   {thing}: {last}")
         return
-    count = item_count(chosen.endpoint.client("dynamodb"), chosen.table)
+    try:
+        count = item_count(chosen.endpoint.client("dynamodb"), chosen.table)
+    except (BotoCoreError, ClientError) as exc:
+        # The report above is what was asked for; the table's trouble is one more line of it.
+        click.echo(f"items    unknown: {aws_error_line(exc)}")
+        return
     click.echo(f"items    {chosen.table}: {count} item(s)")
 
 
@@ -293,7 +307,13 @@ def local_status(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--id", "device_id", required=True, help="The device id, e.g. sensor-3.")
+@click.option(
+    "--id",
+    "device_ids",
+    required=True,
+    multiple=True,
+    help="The device id, e.g. sensor-3; repeat it for several devices.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing key and certificate.")
 @click.option(
     "--stack-name",
@@ -304,7 +324,11 @@ def local_status(ctx: click.Context) -> None:
 @target_options
 @reports_errors
 def provision(
-    device_id: str, force: bool, stack_name: str, target: str | None, endpoint_url: str | None
+    device_ids: tuple[str, ...],
+    force: bool,
+    stack_name: str,
+    target: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Make a device's key and certificate in certs/ID/ (key 0600, folder 0700).
 
@@ -314,36 +338,52 @@ def provision(
     """
     from device.payload import PayloadError, check_sensor_id
 
-    try:
-        check_sensor_id(device_id)
-    except PayloadError as exc:
-        raise click.BadParameter(str(exc), param_hint="--id") from None
+    for device_id in device_ids:
+        try:
+            check_sensor_id(device_id)
+        except PayloadError as exc:
+            raise click.BadParameter(str(exc), param_hint="--id") from None
     chosen = targets.resolve(target, endpoint_url, need_stack=False)
-    click.echo(f"target {chosen.name} ({chosen.why})", err=True)
+    header = _Header(f"target {chosen.name} ({chosen.why})")
     root = Path.cwd()
+    if chosen.name == "local":
+        # All checked before any is made: a second run does not stop half way.
+        for device_id in device_ids:
+            key = certs_dir(root) / device_id / "key.pem"
+            if key.exists() and not force:
+                raise click.ClickException(
+                    f"{key} already exists; pass --force to replace it "
+                    "(the old certificate stops working)"
+                )
+    policy = ""
     if chosen.name == "aws":
         from cloud.deploy import stack_outputs
-        from cloud.provision_aws import provision_device
 
-        policy = stack_outputs(chosen.endpoint, stack_name).get("IotPolicyName")
+        policy = stack_outputs(chosen.endpoint, stack_name).get("IotPolicyName", "")
         if not policy:
             raise click.ClickException(
                 f"stack {stack_name} has no IotPolicyName output; run `cloud deploy`"
             )
+    for device_id in device_ids:
+        _provision_one(chosen, root, device_id, policy, force, header)
+
+
+def _provision_one(
+    chosen: targets.Target, root: Path, device_id: str, policy: str, force: bool, header: _Header
+) -> None:
+    if chosen.name == "aws":
+        from cloud.provision_aws import provision_device
+
         result = provision_device(chosen.endpoint, root, device_id, policy, force=force)
         ident, command = result.identity, result.command
+        header()
         click.echo(
             f"certificate {result.certificate_id} active, "
             f"attached to thing {device_id} and policy {policy}"
         )
     else:
-        key = certs_dir(root) / device_id / "key.pem"
-        if key.exists() and not force:
-            raise click.ClickException(
-                f"{key} already exists; pass --force to replace it "
-                "(the old certificate stops working)"
-            )
         ident = stack.device_identity(root, device_id, force=force)
+        header()
         broker = chosen.stack.broker_url if chosen.stack else "mqtts://BROKER:8883"
         command = shlex.join(
             [
@@ -377,18 +417,20 @@ def revoke(device_id: str, keep: bool, target: str | None, endpoint_url: str | N
     """Revoke a device's certificate: on AWS deactivate, detach and delete it; locally add
     it to the local CA's revocation list and restart the broker so it takes effect."""
     chosen = targets.resolve(target, endpoint_url, need_stack=False)
-    click.echo(f"target {chosen.name} ({chosen.why})", err=True)
+    header = _Header(f"target {chosen.name} ({chosen.why})")
     root = Path.cwd()
     if chosen.name == "aws":
         from cloud.provision_aws import revoke_device_aws
 
         result = revoke_device_aws(chosen.endpoint, root, device_id, delete=not keep)
+        header()
         what = "deactivated" if keep else "deactivated and deleted"
         click.echo(f"{device_id}: {len(result.certificate_ids)} certificate(s) {what}")
         return
     from cloud.revocation import revoke_device_local
 
     crl = revoke_device_local(root, device_id)
+    header()
     click.echo(f"{device_id}: certificate revoked in {crl}")
     if chosen.stack is not None:
         pid = stack.restart_broker(root)
@@ -429,10 +471,9 @@ def deploy(
             raise click.BadParameter(f"{param!r} is not KEY=VALUE", param_hint="--param")
         values[key] = value
     endpoint = _aws_endpoint(endpoint_url, region)
-    click.echo(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}", err=True)
-    outputs = deploy_stack(
-        endpoint, stack_name, values, on_event=lambda e: click.echo(e.line(), err=True)
-    )
+    header = _Header(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}")
+    outputs = deploy_stack(endpoint, stack_name, values, on_event=lambda e: header(e.line()))
+    header()
     for key, value in sorted(outputs.items()):
         click.echo(f"{key:<20} {value}")
 
@@ -455,13 +496,14 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
     from cloud.deploy import destroy as destroy_stack
 
     endpoint = _aws_endpoint(endpoint_url, region)
-    click.echo(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}", err=True)
+    header = _Header(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}")
     try:
         result = destroy_stack(
-            endpoint, stack_name, force=force, on_event=lambda e: click.echo(e.line(), err=True)
+            endpoint, stack_name, force=force, on_event=lambda e: header(e.line())
         )
     except DestroyRefused as exc:
         raise click.ClickException(f"{exc}; pass --force to remove them too") from None
+    header()
     click.echo(f"stack {result.stack_name}: {result.status}")
     for left in result.left_behind:
         click.echo(f"left behind: {left}")

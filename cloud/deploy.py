@@ -27,6 +27,7 @@ from cloud import template
 from cloud.aws import Endpoint
 from cloud.errors import ConfigError, PipelineError
 from cloud.table import Row, item_count, query_readings
+from cloud.target import NO_CREDENTIALS, aws_problem
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,9 @@ def aws_errors(what: str, error: Callable[[str, str | None], PipelineError]) -> 
             except ClientError as exc:
                 raise error(f"{what} failed: {exc}", _code(exc)) from None
             except NoCredentialsError:
-                raise ConfigError(
-                    "no AWS credentials: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY), or run `aws configure`"
-                ) from None
+                raise ConfigError(NO_CREDENTIALS) from None
             except BotoCoreError as exc:
-                raise error(f"{what} failed: {exc}", None) from None
+                raise error(f"{what} failed: {aws_problem(exc) or exc}", None) from None
 
         return cast(F, wrapper)
 

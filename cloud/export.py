@@ -102,6 +102,7 @@ from cloud.storage import (
     is_temporary,
     open_destination,
 )
+from cloud.target import aws_problem
 from cloud.timeparse import iso_ms
 
 log = logging.getLogger(__name__)
@@ -709,6 +710,9 @@ def _describe_table(ddb: Any, table: str) -> dict[str, Any]:
     except ClientError as exc:
         raise _table_error(exc, table) from None
     except BotoCoreError as exc:
+        problem = aws_problem(exc)
+        if problem is not None:
+            raise ExportError(problem) from None
         raise ExportError(f"cannot reach DynamoDB for table {table}: {exc}") from None
 
 
@@ -923,7 +927,9 @@ class Exporter:
         except BotoCoreError as exc:
             writer.abort()
             sink.abort()
-            raise ExportError(f"reading table {self.table} failed: {exc}") from None
+            raise ExportError(
+                f"reading table {self.table} failed: {aws_problem(exc) or exc}"
+            ) from None
         except BaseException:
             writer.abort()
             sink.abort()

@@ -62,6 +62,12 @@ def resolve_target(
         if not location.is_s3:
             return QueryTarget(location, Endpoint())
     chosen = targets.resolve(target, endpoint_url)
+    if chosen.stack is not None and data is None and not chosen.stack.exports_dir.is_dir():
+        # Not "--data: ... is not a folder": the user gave no --data.
+        raise ConfigError(
+            f"no export yet in {chosen.stack.exports_dir}: `cloud export` writes the local "
+            "stack's table there (or give --data DIR)"
+        )
     location = DataLocation.parse(chosen.exports(data, "--data"))
     if chosen.stack is not None:
         return QueryTarget(location, Endpoint())

@@ -5,14 +5,31 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ProxyConnectionError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import ConfigError, PipelineError
 from cloud.local.stack import StackState, running_state
 
 TARGETS = ("local", "aws")
+
+#: What to do when boto3 finds no credentials; both sides are named, since a new user
+#: with no stack running lands on AWS by default (README: the target).
+NO_CREDENTIALS = (
+    "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    "(or run `aws configure`); to use the local stack instead, run `cloud local up` in this "
+    "folder"
+)
 
 
 @dataclass(frozen=True)
@@ -95,3 +112,44 @@ def _deployed_table(endpoint: Endpoint) -> str | None:
     except (PipelineError, BotoCoreError, ClientError):
         return None  # no stack (or no access to CloudFormation): the default name
     return outputs.get("TableName")
+
+
+def aws_problem(exc: BotoCoreError, root: Path | None = None) -> str | None:
+    """One line saying what to do about an AWS call that could not be made at all (no
+    credentials, nothing answering at the endpoint), or None for any other failure.
+
+    Kept here, not in each caller, because the advice depends on where the call went: the
+    local stack's table engine, an endpoint the user gave, or AWS itself.
+    """
+    if isinstance(exc, NoCredentialsError):
+        return NO_CREDENTIALS
+    if isinstance(exc, PartialCredentialsError):
+        return (
+            f"incomplete AWS credentials: {exc}; "
+            "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, ProfileNotFound):
+        return f"AWS_PROFILE: {exc}; `aws configure list-profiles` lists the profiles there are"
+    if isinstance(exc, ProxyConnectionError):
+        return f"cannot reach the proxy {exc.kwargs.get('proxy_url')}: check HTTPS_PROXY"
+    if isinstance(exc, BotoConnectionError):
+        return unreachable(str(exc.kwargs.get("endpoint_url") or ""), root)
+    return None
+
+
+def unreachable(url: str, root: Path | None = None) -> str:
+    """Nothing answers at `url` (an endpoint URL botocore could not connect to)."""
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else (url or "the endpoint")
+    state = running_state(Path.cwd() if root is None else root)
+    if state is not None and base == state.endpoint.url:
+        return (
+            f"the local stack's table engine ({base}) is not answering: `cloud local status` "
+            "shows it; the stack restarts it within seconds, and `cloud local up` starts "
+            "what is missing"
+        )
+    if parts.hostname and parts.hostname.endswith(".amazonaws.com"):
+        return f"cannot reach AWS at {base}: check the network connection and AWS_REGION"
+    given = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/")
+    source = "AWS_ENDPOINT_URL" if given == base else "--endpoint-url or AWS_ENDPOINT_URL"
+    return f"nothing answers at {base} ({source}): start that server, or fix the address"
