@@ -1,3 +1,3 @@
-from cloud.cli import main
+from cloud.launch import main
 
 main()

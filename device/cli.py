@@ -13,8 +13,16 @@ from typing import Any
 
 import click
 
+from device import local_stack
 from device.agent import Agent, Summary
-from device.config import FULL_POLICIES, SENSORS, TRANSPORTS, AgentConfig, load_config
+from device.config import (
+    FULL_POLICIES,
+    MQTT_VERSIONS,
+    SENSORS,
+    TRANSPORTS,
+    AgentConfig,
+    load_config,
+)
 from device.errors import AgentError
 
 log = logging.getLogger("device")
@@ -74,28 +82,33 @@ def run_agents(agents: list[Agent]) -> list[Summary]:
     return [r for r in results if isinstance(r, Summary)]
 
 
-def _local_stack_defaults(sensor_id: str) -> dict[str, Any] | None:
-    """Broker and certificates from a running local stack (`cloud local up`), if any."""
-    try:
-        from cloud.errors import PipelineError
-        from cloud.local.stack import device_defaults
-    except ImportError:
-        return None
-    try:
-        return device_defaults(sensor_id)
-    except PipelineError as exc:  # a damaged stack.json, a CA that cannot issue
-        raise click.ClickException(f"local stack: {exc}") from None
+def _local_stack(sensor_ids: list[str]) -> Callable[[str], dict[str, Any] | None]:
+    """Broker and certificates from a local stack (`cloud local up`) run from this folder,
+    looked up only when nothing else names a broker; the ids without a certificate get one
+    together, on the first lookup (one `cloud provision` for a whole simulated fleet)."""
+    found: dict[str, dict[str, Any]] | None = None
+
+    def lookup(sensor_id: str) -> dict[str, Any] | None:
+        nonlocal found
+        if found is None:
+            found = local_stack.device_defaults(sensor_ids) or {}
+        return found.get(sensor_id)
+
+    return lookup
 
 
-def build_config(sensor_id: str, config_file: Path | None, flags: dict[str, Any]) -> AgentConfig:
+def build_config(
+    sensor_id: str,
+    config_file: Path | None,
+    flags: dict[str, Any],
+    stack: Callable[[str], dict[str, Any] | None] | None = None,
+) -> AgentConfig:
     if config_file is None and os.environ.get("DEVICE_AGENT_CONFIG"):
         config_file = Path(os.environ["DEVICE_AGENT_CONFIG"])
+    lookup = stack or _local_stack([sensor_id])
     try:
         return load_config(
-            sensor_id,
-            flags,
-            config_file=config_file,
-            default_broker=_local_stack_defaults(sensor_id) if not flags.get("broker") else None,
+            sensor_id, flags, config_file=config_file, default_broker=lambda: lookup(sensor_id)
         )
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
@@ -124,6 +137,17 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--count", type=click.IntRange(min=1), help="Stop once N readings are acknowledged."
         ),
         click.option("--qos", type=click.Choice(["0", "1"]), help="MQTT QoS [1]."),
+        click.option(
+            "--mqtt-version",
+            type=click.Choice(MQTT_VERSIONS),
+            help="MQTT protocol [auto: 5, or 3.1.1 if the broker speaks only that].",
+        ),
+        click.option(
+            "--clock-wait",
+            type=click.FloatRange(min=0),
+            help="Seconds to hold readings until the system clock is synchronised (NTP), "
+            "then stamp them anyway [120; 0 with the local stack].",
+        ),
         click.option(
             "--outbox-max",
             type=click.IntRange(min=1),
@@ -284,9 +308,10 @@ def simulate(
     if flags.get("qos") is not None:
         flags["qos"] = int(flags["qos"])
     agents: list[Agent] = []
+    ids = [f"{prefix}{n}" for n in range(1, devices + 1)]
+    stack = _local_stack(ids)
     try:
-        for n in range(1, devices + 1):
-            device_id = f"{prefix}{n}"
+        for device_id in ids:
             per_device = dict(flags, sensor="simulated")
             if flags.get("broker") and not flags.get("cert"):
                 folder = (certs_dir or Path("certs")) / device_id
@@ -295,7 +320,7 @@ def simulate(
                 )
             if outbox_dir is not None:
                 per_device["outbox"] = outbox_dir / f"{device_id}.outbox.sqlite"
-            agents.append(Agent(build_config(device_id, config_file, per_device)))
+            agents.append(Agent(build_config(device_id, config_file, per_device, stack)))
     except AgentError as exc:
         for agent in agents:
             agent.close()

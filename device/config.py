@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,9 +238,10 @@ def load_config(
     flags: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
-    default_broker: Mapping[str, Any] | None = None,
+    default_broker: Callable[[], Mapping[str, Any] | None] | None = None,
 ) -> AgentConfig:
-    """Build the agent's config; `default_broker` (broker, cert, key, ca) fills in last."""
+    """Build the agent's config; `default_broker()` (broker, cert, key, ca...) fills in
+    last, called only when neither a flag, the environment nor the file names a broker."""
     environ = os.environ if environ is None else environ
     try:
         check_sensor_id(sensor_id)
@@ -265,10 +266,11 @@ def load_config(
             raise ConfigError(f"{source}: {name} must be at least {_MINIMUMS[name]}, not {raw!r}")
         values[name] = (value, source)
 
-    if "broker" not in values and default_broker:
+    defaults = default_broker() if "broker" not in values and default_broker else None
+    if defaults:
         for name in ("broker", "cert", "key", "ca", "receipts", "clock_wait"):
-            if name not in values and default_broker.get(name) is not None:
-                values[name] = (_KINDS[name](default_broker[name]), "the local stack")
+            if name not in values and defaults.get(name) is not None:
+                values[name] = (_KINDS[name](defaults[name]), "the local stack")
     if "broker" not in values:
         raise ConfigError(
             "no broker given: pass --broker mqtts://HOST:8883 (or set DEVICE_AGENT_BROKER), "

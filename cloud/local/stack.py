@@ -27,7 +27,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import LocalStackError
@@ -191,24 +190,6 @@ def device_identity(root: Path, device_id: str, force: bool = False) -> Identity
     if identity.key.exists() and identity.cert.exists() and not force:
         return identity
     return local_ca(root).issue(device_id, folder, force=force)
-
-
-def device_defaults(device_id: str, root: Path | None = None) -> dict[str, Any] | None:
-    """What `device-agent` needs to reach the local stack, or None if none runs here."""
-    root = Path.cwd() if root is None else root
-    state = running_state(root)
-    if state is None:
-        return None
-    ident = device_identity(root, device_id)
-    # Receipts: the local stack's ingest confirms each write (Mosquitto's PUBACK alone does
-    # not survive a broker crash).
-    return {
-        "broker": state.broker_url,
-        "cert": ident.cert,
-        "key": ident.key,
-        "ca": ident.ca,
-        "receipts": True,
-    }
 
 
 # -- the parts -----------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class Transport(Protocol):
 
 def make_transport(config: AgentConfig, callbacks: Callbacks) -> Transport:
     if config.transport == "awsiot":
+        if config.mqtt_version == "3.1.1":
+            raise ConfigError(
+                "--transport awsiot speaks MQTT 5 only: use --transport paho with "
+                "--mqtt-version 3.1.1"
+            )
         try:
             from device.transport.awsiot import AwsIotTransport
         except ImportError as exc:

@@ -1,4 +1,9 @@
-"""The paho-mqtt transport: MQTT 5 over TCP or mutual TLS, to Mosquitto or AWS IoT Core.
+"""The paho-mqtt transport: MQTT 5 or 3.1.1 over TCP or mutual TLS, to any broker.
+
+`--mqtt-version auto` connects with MQTT 5 and, when the broker refuses that protocol
+version (RabbitMQ before 3.13, NATS, older Mosquitto), with 3.1.1, and logs which it speaks.
+Under 3.1.1 a PUBACK carries no reason code: a broker that drops a message for lack of
+subscribers, or refuses it by ACL, still acknowledges it (receipts cover that).
 
 paho keeps unacknowledged QoS 1 publishes in memory and resends them after a reconnect, so
 within one process nothing needs resending by the agent; the outbox covers restarts.
@@ -31,17 +36,20 @@ SESSION_EXPIRY_SECONDS = 3600
 #: Mosquitto's PUBACK when nobody subscribes: it dropped the message, so it is not delivered.
 _NO_MATCHING_SUBSCRIBERS = 0x10
 KEEPALIVE_SECONDS = 30
-#: CONNACK / PUBACK reason codes that retrying cannot fix.
+#: CONNACK / PUBACK reason codes that retrying cannot fix (MQTT 5 values; paho maps a
+#: 3.1.1 CONNACK's return code onto them).
 _FATAL_REASONS = {
-    "Bad user name or password",
-    "Not authorized",
-    "Client identifier not valid",
-    "Banned",
-    "Bad authentication method",
-    "Topic Name invalid",
-    "Payload format invalid",
-    "Unsupported Protocol Version",
+    0x86,  # bad user name or password
+    0x87,  # not authorized
+    0x85,  # client identifier not valid
+    0x8A,  # banned
+    0x8C,  # bad authentication method
+    0x90,  # topic name invalid
+    0x99,  # payload format invalid
 }
+#: CONNACK of a broker that does not speak the protocol version we asked for.
+_UNSUPPORTED_VERSION = 0x84
+_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 
 
 class PahoTransport:
@@ -57,11 +65,23 @@ class PahoTransport:
         self._closing = False  # our own DISCONNECT is not a lost connection
         self._thread: threading.Thread | None = None
         self._backoff = Backoff()
+        self._fall_back = False  # the broker refused MQTT 5: reconnect with 3.1.1
 
+        self._version = "3.1.1" if config.mqtt_version == "3.1.1" else "5"
+        self._connacked = False
+        self._socket_error: str | None = None
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        config = self._config
+        v5 = self._version == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.sensor_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=_PROTOCOLS[self._version],
+            # 3.1.1 keeps the session (and what was queued for us) with clean_session=False;
+            # MQTT 5 says so at connect (clean_start=False, an expiry interval).
+            clean_session=None if v5 else False,
         )
         if config.tls is not None:
             client.tls_set(
@@ -84,14 +104,12 @@ class PahoTransport:
         client.on_log = self._on_log
         # MQTT packets at DEBUG on the "paho" logger (device-agent -vv shows them).
         client.enable_logger(logging.getLogger("paho"))
-        self._connacked = False
-        self._socket_error: str | None = None
         # Without loop_start(), paho's publish() writes to the socket from the caller's
         # thread while our network thread reads it: two threads in one TLS connection
         # corrupt it ("bad record mac", reconnects, heap errors). With this callback set,
         # publish() only queues the packet and wakes our loop, which does all the I/O.
         client.on_socket_register_write = lambda client, userdata, sock: None
-        self._client = client
+        return client
 
     # -- the agent's side ------------------------------------------------------------------
 
@@ -129,11 +147,15 @@ class PahoTransport:
     # -- the network loop ------------------------------------------------------------------
 
     def _connect(self) -> None:
+        broker = self._config.broker
+        if self._version == "3.1.1":
+            self._client.connect(broker.host, broker.port, keepalive=KEEPALIVE_SECONDS)
+            return
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         self._client.connect(
-            self._config.broker.host,
-            self._config.broker.port,
+            broker.host,
+            broker.port,
             keepalive=KEEPALIVE_SECONDS,
             clean_start=False,
             properties=props,
@@ -170,6 +192,9 @@ class PahoTransport:
                     break
             if self._stop.is_set() or self._closing:
                 pass
+            elif self._fall_back:
+                self._fall_back = False
+                self._client = self._make_client()  # at once: the broker answered
             elif broker.tls and not self._connacked:
                 # TLS 1.3: the client's handshake completes before the broker checks our
                 # certificate; its refusal only shows on the first read.
@@ -203,7 +228,19 @@ class PahoTransport:
     ) -> None:
         if reason.is_failure:
             message = f"broker {self._config.broker} refused the connection: {reason}"
-            if str(reason) in _FATAL_REASONS:
+            if reason.value == _UNSUPPORTED_VERSION and self._version == "5":
+                if self._config.mqtt_version == "auto":
+                    log.info("broker %s does not speak MQTT 5; using 3.1.1", self._config.broker)
+                    self._version, self._fall_back = "3.1.1", True
+                    return
+                self._callbacks.on_fatal(
+                    f"{message}: it does not speak MQTT 5 (use --mqtt-version 3.1.1 or auto)"
+                )
+                self._stop.set()
+            elif reason.value == _UNSUPPORTED_VERSION:
+                self._callbacks.on_fatal(f"{message}: it does not speak MQTT 3.1.1 either")
+                self._stop.set()
+            elif reason.value in _FATAL_REASONS:
                 self._callbacks.on_fatal(
                     message
                     + f" (is this device's certificate made for {self._config.sensor_id!r}?)"
@@ -218,7 +255,9 @@ class PahoTransport:
             # Every time: a broker that lost our session (killed) lost the subscription too.
             client.subscribe(receipt_topic(self._config.sensor_id), qos=1)
         self._callbacks.on_connection(
-            True, f"connected to {self._config.broker} (session present: {flags.session_present})"
+            True,
+            f"connected to {self._config.broker} with MQTT {self._version} "
+            f"(session present: {flags.session_present})",
         )
 
     def _on_disconnect(
