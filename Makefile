@@ -15,12 +15,16 @@ help:
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make bench       the benchmarks in bench/"
 
-# Mosquitto (the local broker), Node.js (the local table engine) and venv support, from the
-# distribution, only where missing.
+# Mosquitto (the local broker), NATS (the tests' broker of MQTT 3.1.1 only), Node.js (the
+# local table engine) and venv support, from the distribution, only where missing.
 system-deps:
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; \
+	fi
+	@if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then \
+		echo "installing nats-server (the tests' MQTT 3.1.1-only broker)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; \
 	fi
 	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
 		echo "installing nodejs and npm (the local table engine, dynalite, runs on Node.js)"; \
@@ -81,6 +85,7 @@ demo: setup
 bench: setup
 	$(PY) bench/agent_publish.py
 	$(PY) bench/receipts.py
+	$(PY) bench/agent_footprint.py
 	$(PY) bench/table_load.py
 
 clean:

@@ -124,9 +124,6 @@ def pick_port() -> int:
 _READER = """
 import sys, paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-# This machine runs no NTP: agents would hold their readings for --clock-wait (120 s).
-os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-reader",
                 protocol=MQTTProtocolVersion.MQTTv5)
@@ -283,6 +280,7 @@ def agent_config(setup: Setup, n: int, outbox: Path) -> AgentConfig:
         "qos": QOS,
         "inflight": INFLIGHT,
         "outbox": outbox,
+        "clock_wait": 0.0,  # this machine runs no NTP (see cli_command)
     }
     # environ={}: a DEVICE_AGENT_* variable in the caller's shell must not change the bench.
     return load_config(AGENT_ID, flags, environ={})
@@ -405,6 +403,8 @@ def cli_command(setup: Setup, n: int, outbox: Path) -> list[str]:
         "--ca", str(setup.agent.ca),
         "--count", str(n),
         "--interval", "0",
+        # Stamp at once: this machine runs no NTP, so its clock never reports synchronised.
+        "--clock-wait", "0",
         "--outbox", str(outbox),
         "-q",
     ]  # fmt: skip

@@ -28,6 +28,7 @@ from cloud.local import stack
 from cloud.local_ca import certs_dir
 from cloud.table import Row, item_count, query_readings, summarize
 from cloud.timeparse import iso_ms, parse_time_ms
+from device.config import MQTT_VERSIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -535,6 +536,13 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
     type=click.Path(path_type=Path),
     help="Create this file once subscribed (for scripts that wait for ingest).",
 )
+@click.option(
+    "--mqtt-version",
+    type=click.Choice(MQTT_VERSIONS),
+    default="auto",
+    show_default=True,
+    help="MQTT protocol (auto: 5, or 3.1.1 if the broker speaks only that).",
+)
 @target_options
 @reports_errors
 def ingest(
@@ -542,6 +550,7 @@ def ingest(
     client_id: str,
     share_group: str | None,
     ready_file: Path | None,
+    mqtt_version: str,
     target: str | None,
     endpoint_url: str | None,
 ) -> None:
@@ -568,6 +577,7 @@ def ingest(
         dead_letter=dead_letter or chosen.stack.dead_letter,
         client_id=client_id,
         share_group=share_group,
+        mqtt_version=mqtt_version,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -64,6 +64,7 @@ from cloud.local_ca import Identity
 from cloud.rule import TOPIC_FILTER, to_item, topic_sensor_id
 from cloud.table import StoreError
 from device.backoff import Backoff
+from device.config import MQTT_VERSIONS
 from device.payload import PayloadError, check_sensor_id, encode_receipt, receipt_topic
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,10 @@ RETRYABLE_CODES = frozenset(
 )
 #: The endpoint cannot be reached at the moment: worth waiting for, like throttling.
 _TRANSIENT_BOTO = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)
-_FATAL_CONNACK = {
-    "Bad user name or password",
-    "Not authorized",
-    "Client identifier not valid",
-    "Banned",
-    "Bad authentication method",
-    "Unsupported Protocol Version",
-}
+#: CONNACK reason codes retrying cannot fix (MQTT 5 values; paho maps 3.1.1's onto them).
+_FATAL_CONNACK = {0x86, 0x87, 0x85, 0x8A, 0x8C}
+#: CONNACK of a broker that does not speak the protocol version asked for.
+_UNSUPPORTED_VERSION = 0x84
 _SESSION_TAKEN_OVER = 142
 
 
@@ -130,6 +127,10 @@ class IngestSettings:
     report_every: float = 10.0
     session_expiry_seconds: int = 86_400  # the broker queues for us this long while we are away
     receipts: bool = True  # confirm each written reading to its device (see the module doc)
+    # auto: MQTT 5, or 3.1.1 when the broker refuses 5. Under 3.1.1 there is no receive
+    # maximum (paho's inflight window bounds nothing incoming), no shared subscriptions and
+    # no "session taken over" reason: a second ingest with our client id goes unnoticed.
+    mqtt_version: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
@@ -144,6 +145,10 @@ class IngestSettings:
             not self.share_group or any(c in self.share_group for c in "/+#")
         ):
             raise ConfigError(f"share_group {self.share_group!r}: no '/', '+' or '#'")
+        if self.mqtt_version not in MQTT_VERSIONS:
+            raise ConfigError(f"mqtt_version {self.mqtt_version!r}: one of auto, 5, 3.1.1")
+        if self.share_group is not None and self.mqtt_version == "3.1.1":
+            raise ConfigError("share_group needs MQTT 5: shared subscriptions are not in 3.1.1")
 
     @property
     def topic(self) -> str:
@@ -233,6 +238,8 @@ class Ingest:
         self._connection = 0  # bumped by the network thread when a connection is lost
         self._closing = threading.Event()
         self._fatal: str | None = None
+        self._version = "3.1.1" if settings.mqtt_version == "3.1.1" else "5"
+        self._fall_back = False  # the broker refused MQTT 5: reconnect with 3.1.1
         self._client = self._make_client()
 
     # -- the worker: validate, batch, write, ack ---------------------------------------------
@@ -404,7 +411,11 @@ class Ingest:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5
+            if self._version == "5"
+            else MQTTProtocolVersion.MQTTv311,
+            # 3.1.1 keeps our session (and what the broker queues for us) this way.
+            clean_session=None if self._version == "5" else False,
             manual_ack=True,
         )
         if s.tls is not None:
@@ -422,6 +433,9 @@ class Ingest:
         return client
 
     def _connect(self) -> None:
+        if self._version == "3.1.1":
+            self._client.connect(self.settings.host, self.settings.port, KEEPALIVE_SECONDS)
+            return
         # paho's Properties.__init__ has no annotations.
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.session_expiry_seconds
@@ -461,6 +475,10 @@ class Ingest:
                     self._send_acks()
                 if self._closing.is_set() or self._fatal is not None:
                     break
+                if self._fall_back:
+                    self._fall_back = False
+                    self._client = self._make_client()
+                    continue  # at once: the broker answered, in another version
                 self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
         except Exception as exc:
             # paho re-raises what a callback raised; without this the worker would wait on
@@ -520,7 +538,14 @@ class Ingest:
     ) -> None:
         broker = f"{self.settings.host}:{self.settings.port}"
         if reason.is_failure:
-            if str(reason) in _FATAL_CONNACK:
+            if reason.value == _UNSUPPORTED_VERSION and self._version == "5":
+                if self.settings.mqtt_version == "auto" and self.settings.share_group is None:
+                    log.info("broker %s does not speak MQTT 5; using 3.1.1", broker)
+                    self._version, self._fall_back = "3.1.1", True
+                    client.disconnect()
+                else:
+                    self._fail(f"broker {broker} does not speak MQTT 5: {reason}")
+            elif reason.value in _FATAL_CONNACK or reason.value == _UNSUPPORTED_VERSION:
                 self._fail(
                     f"broker {broker} refused ingest's connection: {reason} (is the "
                     "certificate the reader identity the broker's ACL names?)"
@@ -530,7 +555,12 @@ class Ingest:
             return
         self._connect_backoff.reset()
         self.stats.connections += 1
-        log.info("connected to %s (session present: %s)", broker, flags.session_present)
+        log.info(
+            "connected to %s with MQTT %s (session present: %s)",
+            broker,
+            self._version,
+            flags.session_present,
+        )
         # Subscribing again is harmless when the session kept the subscription, and needed
         # when the session expired while we were away.
         client.subscribe(self.settings.topic, qos=1)

@@ -44,6 +44,19 @@ AHEAD_MS = 1000
 RECENT_STAMPS = 100_000
 
 
+#: SQLite's "database disk image is malformed" and "file is not a database".
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class _CorruptOutbox(sqlite3.DatabaseError):
+    """quick_check found damage SQLite did not report on open."""
+
+    def __init__(self, detail: str) -> None:
+        # SQLite's report runs over several lines; a log record is one.
+        super().__init__("integrity check: " + " ".join(detail.split()))
+        self.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+
+
 @dataclass(frozen=True)
 class Pending:
     seq: int
@@ -79,26 +92,67 @@ class Outbox:
         self.sensor_id = sensor_id
         self.max_items = max_items
         self.full_policy = full_policy
+        #: Where a corrupt outbox found at start was moved (kept for recovery), if one was.
+        self.moved_aside: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # isolation_level=None: we open transactions ourselves, one per batch.
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            owner = self._get("sensor_id")
-            if owner is None:
-                self._set("sensor_id", sensor_id)
-            elif owner != sensor_id:
-                raise OutboxError(
-                    f"outbox {path} belongs to sensor {owner!r}, not {sensor_id!r}; "
-                    "give each device its own --outbox"
+            try:
+                self._open()
+            except sqlite3.DatabaseError as exc:
+                if exc.sqlite_errorcode not in _CORRUPT:
+                    raise
+                # Unattended, refusing to start would lose every reading from now on; the
+                # old file is kept, renamed, for `sqlite3 FILE .recover`.
+                if hasattr(self, "_db"):
+                    self._db.close()
+                self.moved_aside = self._move_aside()
+                log.error(
+                    "outbox %s is corrupt (%s): moved it aside to %s, with the readings it "
+                    "held, and started a new one (seq starts again at 0)",
+                    path,
+                    exc,
+                    self.moved_aside,
                 )
-            self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+                self._open()
         except sqlite3.Error as exc:
             raise _explain(path, exc) from None
         except OSError as exc:
             raise OutboxError(f"outbox {path}: {exc.strerror}; point --outbox elsewhere") from None
+
+    def _open(self) -> None:
+        # isolation_level=None: we open transactions ourselves, one per batch.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        # A damaged page shows here, at start, rather than at some later reading's write.
+        (check,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
+        if check != "ok":
+            raise _CorruptOutbox(check)
+        self._db.executescript(_SCHEMA)
+        owner = self._get("sensor_id")
+        if owner is None:
+            self._set("sensor_id", self.sensor_id)
+        elif owner != self.sensor_id:
+            raise OutboxError(
+                f"outbox {self.path} belongs to sensor {owner!r}, not {self.sensor_id!r}; "
+                "give each device its own --outbox"
+            )
+        self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        # The WAL holds committed readings too: it goes with the file, under the new name.
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                side.rename(f"{target}{suffix}")
+        self.path.rename(target)
+        return target
 
     # -- counters kept with the data -------------------------------------------------------
 

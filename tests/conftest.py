@@ -16,6 +16,7 @@ from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
 from cloud.table import create_table
 from tests.mqtt import Subscriber, reap_children
+from tests.nats import Nats
 
 # No AWS call of a test may leave loopback: without credentials botocore would otherwise ask
 # the EC2 instance metadata address for some. Subprocesses inherit it.
@@ -106,6 +107,14 @@ def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     broker.start()
     yield broker
     broker.kill()
+
+
+@pytest.fixture
+def nats(pki: Pki, tmp_path: Path) -> Iterator[Nats]:
+    """A broker of this test's own that speaks MQTT 3.1.1 only (mutual TLS, the tests' CA)."""
+    server = Nats(tmp_path / "nats", pki.server).start()
+    yield server
+    server.kill()
 
 
 _ids = itertools.count()

@@ -44,6 +44,8 @@ class Subscriber:
     topics: tuple[str, ...] = ("sensors/+/data",)
     client_id: str = "test-subscriber"
     messages: list[Received] = field(default_factory=list)
+    #: MQTT 3.1.1 for brokers that speak nothing newer (tests/nats.py).
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -51,7 +53,9 @@ class Subscriber:
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=self.protocol,
+            # 3.1.1's persistent session; MQTT 5 asks for one at connect.
+            clean_session=False if self.protocol == MQTTProtocolVersion.MQTTv311 else None,
         )
         c.tls_set(
             str(self.identity.ca),
@@ -77,9 +81,12 @@ class Subscriber:
             self._cond.notify_all()
 
     def start(self) -> Subscriber:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self._client.connect("127.0.0.1", self.port, clean_start=False, properties=props)
+        if self.protocol == MQTTProtocolVersion.MQTTv311:
+            self._client.connect("127.0.0.1", self.port)
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self._client.connect("127.0.0.1", self.port, clean_start=False, properties=props)
         self._client.loop_start()
         assert self._subscribed.wait(10), "subscriber got no SUBACK"
         return self

@@ -44,15 +44,21 @@ class Venv:
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    """A fresh venv with `pip install .` of a copy of the project (no extras)."""
-    work = tmp_path_factory.mktemp("plain-install")
-    source = work / "source"
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what a checkout holds for installing (pip builds in the tree it is given)."""
+    source = tmp_path_factory.mktemp("checkout")
     skip = shutil.ignore_patterns("__pycache__", "node_modules", "*.egg-info")
-    for name in ("device", "cloud"):
+    for name in ("device", "cloud", "config"):
         shutil.copytree(REPO / name, source / name, ignore=skip)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
+    return source
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Venv:
+    """A fresh venv with `pip install .` of a copy of the project (no extras)."""
+    work = tmp_path_factory.mktemp("plain-install")
     venv = Venv(work / "venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv.root)], check=True, timeout=120)
     pip = venv.run(
@@ -182,3 +188,93 @@ def test_every_package_of_the_plain_install_installs_on_a_pi(
     for wheel in wheels:
         tag = wheel.removesuffix(".whl").rsplit("-", 1)[1]
         assert tag == "any" or platform.split("_", 1)[1] in tag, wheel
+
+
+def test_the_pi_install_script_sets_up_a_service_that_delivers(
+    source: Path, shared_broker, subscribe, pki, device_id, tmp_path: Path
+) -> None:
+    """config/install-pi.sh, as the README's Raspberry Pi section runs it, under a PREFIX.
+
+    This machine runs no systemd: SYSTEMCTL records what the script asks of it, and the
+    test then starts the unit's ExecStart as systemd would (its user, state and working
+    directory), checking first that systemd-analyze accepts the unit.
+    """
+    ident = pki.device(device_id)
+    provisioned = tmp_path / "provisioned"  # certs/ID/ as `cloud provision` wrote it
+    provisioned.mkdir()
+    for name, path in (("cert.pem", ident.cert), ("key.pem", ident.key), ("ca.pem", ident.ca)):
+        shutil.copy(path, provisioned / name)
+    calls = tmp_path / "systemctl.calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    systemctl.chmod(0o755)
+    root = tmp_path / "pi"
+    broker = f"mqtts://127.0.0.1:{shared_broker.config.port}"
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(tmp_path),
+        "PREFIX": str(root),
+        "SYSTEMCTL": str(systemctl),
+        "AGENT_USER": "root",  # an existing user: the test makes none on this machine
+    }
+    script = [str(source / "config" / "install-pi.sh"), "--id", device_id, "--broker", broker]
+    done = subprocess.run(
+        [*script, "--certs", str(provisioned)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"device-agent@{device_id} is running" in done.stdout
+    assert calls.read_text().splitlines() == [
+        "daemon-reload",
+        f"enable --now device-agent@{device_id}",
+    ]
+    folder = root / "etc/device-agent/certs" / device_id
+    assert (folder.stat().st_mode & 0o777, (folder / "key.pem").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )
+
+    unit = root / "etc/systemd/system/device-agent@.service"
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit.with_name(f"device-agent@{device_id}.service"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    (exec_start,) = [x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")]
+    argv = exec_start.removeprefix("ExecStart=").replace("%i", device_id).split()
+    state = root / "var/lib/device-agent"  # StateDirectory=, made by systemd
+    state.mkdir(parents=True, mode=0o700)
+    sub = subscribe(shared_broker.config.port)
+    # --count to end the run; --clock-wait 0 as this machine's clock is never synchronised.
+    run = subprocess.run(
+        [*argv, "--count", "5", "--clock-wait", "0"],
+        cwd=state,
+        env={"PATH": "/usr/bin:/bin", "STATE_DIRECTORY": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"{device_id}: published 5, acknowledged 5, buffered 0" in run.stdout
+    assert sorted(r["seq"] for r in sub.wait_readings(device_id, 5)) == list(range(5))
+    assert (state / f"{device_id}.outbox.sqlite").exists()
+
+    again = subprocess.run(
+        [*script, "--certs", str(tmp_path / "nowhere")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1
+    (line,) = again.stderr.splitlines()
+    assert line.startswith(f"Error: --certs {tmp_path / 'nowhere'} has no cert.pem"), line
