@@ -352,6 +352,13 @@ class Agent:
                 else:
                     self._delivered[value] = None
         elif event == "receipt":
+            try:
+                # Only what is ours: a seq with another ts is another reading's (an outbox
+                # replaced since); ours then still waits for its own receipt, or is resent.
+                value = self.outbox.matching(value)
+            except OutboxError as exc:
+                log.error("%s; the receipt is ignored (its readings are sent again)", exc)
+                return
             for seq, ts in value.items():
                 # Whether PUBACKed yet or not (or sent by an earlier run): it is in the table.
                 self._inflight.discard(seq)

@@ -279,14 +279,14 @@ class Outbox:
             raise _explain(self.path, exc) from None
         return [Pending(int(seq), bytes(payload)) for seq, payload in rows]
 
-    def confirm(self, readings: Mapping[int, int]) -> int:
-        """Forget the readings a receipt names ({seq: ts}); return how many were here.
+    def matching(self, readings: Mapping[int, int]) -> dict[int, int]:
+        """The readings of a receipt ({seq: ts}) that are in this outbox with that ts.
 
-        A row is removed only if its ts matches too: a receipt meant for a reading of an
-        earlier outbox (one that was replaced, so seqs began again at 0) removes nothing.
+        A receipt meant for a reading of an earlier outbox (one that was replaced, so seqs
+        began again at 0) matches nothing.
         """
         if not readings:
-            return 0
+            return {}
         marks = ",".join("?" * len(readings))
         try:
             rows = self._db.execute(
@@ -295,9 +295,15 @@ class Outbox:
             ).fetchall()
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from None
-        return self.remove(
-            seq for seq, payload in rows if json.loads(payload).get("ts") == readings[seq]
-        )
+        return {
+            seq: readings[seq]
+            for seq, payload in rows
+            if json.loads(payload).get("ts") == readings[seq]
+        }
+
+    def confirm(self, readings: Mapping[int, int]) -> int:
+        """Forget the readings a receipt names ({seq: ts}) whose ts matches; return how many."""
+        return self.remove(self.matching(readings))
 
     def remove(self, seqs: Iterable[int]) -> int:
         """Forget delivered readings; return how many were here. Losing this write to a

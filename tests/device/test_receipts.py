@@ -114,3 +114,33 @@ def test_a_reading_without_a_receipt_is_sent_again_and_kept_when_the_agent_stops
     assert "no receipt from cloud ingest yet: sending them again" in err
     assert "stopped with 2 reading(s) not yet acknowledged" in err
     assert outbox_seqs(outbox) == [0, 1], "kept for the next run"
+
+
+def test_a_receipt_with_another_ts_leaves_the_reading_waiting_and_it_is_sent_again(
+    shared_broker: Mosquitto,
+    subscribe: Callable[..., Subscriber],
+    tls_args: Callable[[str], list[str]],
+    device_id: str,
+    tmp_path: Path,
+) -> None:
+    """A receipt naming our seq with another reading's ts confirms nothing: the reading still
+    waits for its own, and is sent again when none comes, so a --count run ends."""
+    port = shared_broker.config.port
+    ingest = subscribe(port)
+    outbox = tmp_path / "outbox.sqlite"
+    agent = start_agent(
+        *agent_args(port, device_id, tls_args(device_id), outbox),
+        "--count",
+        "1",
+        "--receipt-timeout",
+        "1",
+    )
+    (first,) = ingest.wait_readings(device_id, 1)
+    topic = f"sensors/{device_id}/receipt"
+    ingest.publish(topic, encode_receipt([(0, first["ts"] - 1)]))
+    ingest.wait_for(lambda ms: len([m for m in ms if m.topic == f"sensors/{device_id}/data"]) >= 2)
+    ingest.publish(topic, encode_receipt([(0, first["ts"])]))
+    code, out, err = finish(agent)
+    assert code == 0, err
+    assert f"{device_id}: published 2, acknowledged 1, buffered 0" in out
+    assert outbox_seqs(outbox) == []
