@@ -124,6 +124,15 @@ def test_up_status_down_and_again(project: Path):
     assert "already runs" in out
     assert parts(project)["mosquitto"]["pid"] == running["mosquitto"]["pid"]
 
+    # An id that is a path, or ends in a newline, is refused before any file is made of it.
+    certs = sorted((project / "certs").iterdir())
+    for bad in ("../../escape", "sensor-1\n"):
+        code, stdout, err = run(project, "device", "--id", bad, "--count", "1")
+        assert code == 1 and stdout == "", err
+        assert err.startswith("Error: --id: ") and len(err.splitlines()) == 1, err
+    assert sorted((project / "certs").iterdir()) == certs
+    assert not (project.parent / "escape").exists()
+
     out = ok(project, "local", "down")
     assert "stopped ingest, mosquitto, table" in out
     assert "data kept in var/local" in out and "cloud local reset" in out
