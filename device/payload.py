@@ -26,6 +26,11 @@ MAX_PAYLOAD_BYTES = 4096
 #: Thing names on AWS IoT: letters, digits, colon, underscore, hyphen; MQTT wildcards and
 #: slashes would break the topic scheme, so they are refused here too.
 SENSOR_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,128}")
+#: The sane range of a reading's `ts` (epoch ms): 2000-01-01T00:00:00Z <= ts < 2100-01-01.
+#: A time in seconds or microseconds falls outside it, and Parquet's timestamps (and
+#: Python's datetime) cannot hold a year like 58888.
+TS_MIN_MS = 946_684_800_000
+TS_MAX_MS = 4_102_444_800_000
 
 
 class PayloadError(AgentError):
