@@ -25,6 +25,7 @@ from cloud.aws import Endpoint
 from cloud.deploy import DEFAULT_STACK_NAME
 from cloud.errors import PipelineError
 from cloud.local import stack
+from cloud.local.mosquitto import READERS
 from cloud.local_ca import certs_dir
 from cloud.table import Row, item_count, query_readings, summarize
 from cloud.timeparse import iso_ms, parse_time_ms
@@ -365,8 +366,14 @@ def provision(
             raise click.ClickException(
                 f"stack {stack_name} has no IotPolicyName output; run `cloud deploy`"
             )
+    replaced = [i for i in device_ids if (certs_dir(root) / i / "cert.pem").exists()]
     for device_id in device_ids:
         _provision_one(chosen, root, device_id, policy, force, header)
+    if chosen.name == "local" and replaced:
+        click.echo(f"revoked every earlier certificate of {', '.join(replaced)}")
+        if chosen.stack is not None:
+            pid = stack.restart_broker(root)
+            click.echo(f"broker restarted with the new revocation list (pid {pid})")
 
 
 def _provision_one(
@@ -432,7 +439,7 @@ def revoke(device_id: str, keep: bool, target: str | None, endpoint_url: str | N
 
     crl = revoke_device_local(root, device_id)
     header()
-    click.echo(f"{device_id}: certificate revoked in {crl}")
+    click.echo(f"{device_id}: every certificate issued for it is revoked in {crl}")
     if chosen.stack is not None:
         pid = stack.restart_broker(root)
         click.echo(f"broker restarted with the new revocation list (pid {pid})")
@@ -521,9 +528,10 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
 )
 @click.option(
     "--client-id",
-    default="cloud-ingest",
+    default=stack.INGEST_IDENTITY,
     show_default=True,
-    help="MQTT client id (its session survives restarts).",
+    help="The identity (certificate and MQTT client id; its session survives restarts): "
+    "ingest, or ingest-2 .. ingest-9 for more instances sharing the load.",
 )
 @click.option(
     "--share-group",
@@ -567,11 +575,18 @@ def ingest(
         raise click.ClickException(
             "on AWS the IoT topic rule does this; `cloud ingest` runs against the local stack"
         )
+    if client_id not in READERS:
+        raise click.BadParameter(
+            f"{client_id!r}: the broker lets only {READERS[0]}, {READERS[1]} .. {READERS[-1]} "
+            "read every device's readings",
+            param_hint="--client-id",
+        )
     root = Path(chosen.stack.root)
     settings = IngestSettings(
         host="127.0.0.1",
         port=chosen.stack.mqtt_port,
-        tls=stack.device_identity(root, stack.INGEST_IDENTITY),
+        # The broker names a client by its certificate: one identity per instance.
+        tls=stack.device_identity(root, client_id),
         endpoint=chosen.endpoint,
         table=chosen.table,
         dead_letter=dead_letter or chosen.stack.dead_letter,

@@ -1,9 +1,11 @@
-"""Dead letters: messages the rule refused, kept as JSON lines with their exact bytes.
+"""Dead letters: messages the rule refused, kept as JSON lines with their bytes.
 
 The AWS IoT rule's error action plays this part on AWS; locally `cloud ingest` appends here.
-One line per message: `{"time", "topic", "reason", "detail", "payload_b64"}`. A line is on
-disk (flushed and fsynced) before the message is acknowledged, so a refused message is
-never lost, only moved here.
+One line per message: `{"time", "topic", "reason", "detail", "payload_b64", "size",
+"sha256"}`. The payload is kept whole up to PAYLOAD_PREFIX_BYTES (every valid reading fits);
+of a bigger one only that prefix, with its size and hash, so one device cannot fill the
+disk. A line is on disk (flushed and fsynced) before the message is acknowledged, so a
+refused message is never lost, only moved here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +27,11 @@ from cloud.errors import PipelineError
 log = logging.getLogger(__name__)
 
 
+#: Bytes of a refused payload kept in its dead letter: the payload contract's limit
+#: (device.payload.MAX_PAYLOAD_BYTES), so a reading refused for its content is kept whole.
+PAYLOAD_PREFIX_BYTES = 4096
+
+
 class DeadLetterError(PipelineError):
     """The dead-letter file cannot be written or read."""
 
@@ -34,12 +42,21 @@ class DeadLetter:
     topic: str
     reason: str  # PayloadError.reason: short and stable, for grouping
     detail: str
-    payload: bytes  # exactly what the broker delivered
+    payload: bytes  # what the broker delivered, its first PAYLOAD_PREFIX_BYTES
+    size: int  # of the whole payload
+    sha256: str  # of the whole payload, hex
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.payload) < self.size
 
     @classmethod
     def now(cls, topic: str, reason: str, detail: str, payload: bytes) -> DeadLetter:
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        return cls(stamp, topic, reason, detail, payload)
+        digest = hashlib.sha256(payload).hexdigest()
+        return cls(
+            stamp, topic, reason, detail, payload[:PAYLOAD_PREFIX_BYTES], len(payload), digest
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -49,6 +66,8 @@ class DeadLetter:
                 "reason": self.reason,
                 "detail": self.detail,
                 "payload_b64": base64.b64encode(self.payload).decode("ascii"),
+                "size": self.size,
+                "sha256": self.sha256,
             },
             ensure_ascii=True,  # one line, whatever the topic or detail holds
             separators=(",", ":"),
@@ -59,12 +78,16 @@ class DeadLetter:
         body: Any = json.loads(line)
         if not isinstance(body, dict):
             raise ValueError("not a JSON object")
+        payload = base64.b64decode(body["payload_b64"], validate=True)
         return cls(
             time=str(body["time"]),
             topic=str(body["topic"]),
             reason=str(body["reason"]),
             detail=str(body.get("detail", "")),
-            payload=base64.b64decode(body["payload_b64"], validate=True),
+            payload=payload,
+            # Letters written before size and hash were kept hold the whole payload.
+            size=int(body.get("size", len(payload))),
+            sha256=str(body.get("sha256") or hashlib.sha256(payload).hexdigest()),
         )
 
 

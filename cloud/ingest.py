@@ -116,7 +116,9 @@ class IngestSettings:
     endpoint: Endpoint
     table: str
     dead_letter: Path  # JSON lines, see cloud.deadletter
-    client_id: str = "cloud-ingest"  # one per instance: the broker keeps a session per id
+    # One per instance: the broker keeps a session per id. Mosquitto (use_username_as_
+    # clientid) replaces it with the certificate's name, so it must be that name.
+    client_id: str = "ingest"
     # None: a plain subscription (one instance; kept across broker restarts). A group lets
     # several instances split the load, but Mosquitto 2.0 does not restore shared
     # subscriptions from persistence: until ingest resubscribes, readings are dropped.

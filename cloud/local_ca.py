@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ class LocalCA:
         self.folder = folder
         self.cert_path = folder / "ca.pem"
         self.key_path = folder / "ca.key"
+        #: Every certificate this CA issued, one JSON line each: {"cn": ..., "serial": ...}.
+        self.ledger_path = folder / "issued.jsonl"
         try:
             self._cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
@@ -171,7 +174,27 @@ class LocalCA:
             usage = ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
+        # Recorded before the files are written: a certificate that exists anywhere is in
+        # the ledger, so revoking an id can name every one ever issued for it.
+        with self.ledger_path.open("a") as ledger:
+            ledger.write(json.dumps({"cn": common_name, "serial": str(cert.serial_number)}) + "\n")
         write_private_key(identity.key, key)
         identity.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         identity.ca.write_bytes(self.cert_path.read_bytes())
         return identity
+
+    def issued_serials(self, common_name: str) -> set[int]:
+        """The serial of every certificate this CA issued for `common_name`."""
+        try:
+            lines = self.ledger_path.read_text().splitlines()
+        except FileNotFoundError:
+            return set()
+        found = set()
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if entry["cn"] == common_name:
+                    found.add(int(entry["serial"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write names nothing
+        return found

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cloud.errors import CertificateError, LocalStackError
 from cloud.local.mosquitto import Mosquitto
-from cloud.local_ca import certs_dir
+from cloud.local_ca import Identity, LocalCA, certs_dir
 
 CRL_NAME = "crl.pem"
 CA_FOLDER = "local-ca"
@@ -115,25 +115,6 @@ def write_crl(ca_folder: Path, revoke: list[int], path: Path) -> Path:
     return path
 
 
-def revoke_certificate(ca_folder: Path, cert_path: Path, path: Path | None = None) -> Path:
-    """Add the certificate at `cert_path` (issued by the CA in `ca_folder`) to the CRL."""
-    ca, _ = _load_ca(ca_folder)
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except FileNotFoundError:
-        raise CertificateError(f"no certificate {cert_path}: nothing to revoke") from None
-    except ValueError as exc:
-        raise CertificateError(f"{cert_path} is not a PEM certificate ({exc})") from None
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise CertificateError(
-            f"{cert_path} was not issued by the local CA in {ca_folder} "
-            "(an AWS IoT certificate? revoke it with --target aws)"
-        ) from None
-    return write_crl(ca_folder, [cert.serial_number], path or ca_folder / CRL_NAME)
-
-
 def revoked_serials(path: Path) -> set[int]:
     try:
         return {entry.serial_number for entry in x509.load_pem_x509_crl(path.read_bytes())}
@@ -149,14 +130,51 @@ def ensure_crl(root: Path) -> Path:
     return path
 
 
-def revoke_device_local(root: Path, device_id: str) -> Path:
-    """Revoke certs/<id>/cert.pem in the local CA's CRL; returns the CRL's path.
+def _serial_issued_by(ca_folder: Path, cert_path: Path) -> int:
+    ca, _ = _load_ca(ca_folder)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError:
+        raise CertificateError(f"no certificate {cert_path}: nothing to revoke") from None
+    except ValueError as exc:
+        raise CertificateError(f"{cert_path} is not a PEM certificate ({exc})") from None
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertificateError(
+            f"{cert_path} was not issued by the local CA in {ca_folder} "
+            "(an AWS IoT certificate? revoke it with --target aws)"
+        ) from None
+    return cert.serial_number
 
-    The broker applies it when restarted (`cloud.local.stack.restart_broker`). The device's
-    files stay; `cloud provision --id ID --force` issues it a new certificate (a new serial).
+
+def revoke_device_local(root: Path, device_id: str, keep: int | None = None) -> Path:
+    """Revoke every certificate the local CA ever issued for `device_id` (its ledger, and
+    certs/<id>/cert.pem), but `keep`; returns the CRL's path.
+
+    Every one, not only the newest: a copy of an earlier certificate (on a stolen Pi) must
+    stop working too. The broker applies the CRL when restarted
+    (`cloud.local.stack.restart_broker`). The device's files stay.
     """
     folder = certs_dir(root)
-    return revoke_certificate(folder / CA_FOLDER, folder / device_id / "cert.pem", crl_path(root))
+    ca_folder = folder / CA_FOLDER
+    serials = LocalCA(ca_folder).issued_serials(device_id)
+    cert_path = folder / device_id / "cert.pem"
+    if cert_path.exists() or not serials:
+        serials.add(_serial_issued_by(ca_folder, cert_path))  # one issued before the ledger
+    if keep is not None:
+        serials.discard(keep)
+    return write_crl(ca_folder, sorted(serials), crl_path(root))
+
+
+def reissue_device_local(root: Path, device_id: str) -> Identity:
+    """A new key and certificate for `device_id`; every earlier certificate is revoked."""
+    folder = certs_dir(root)
+    ca = LocalCA(folder / CA_FOLDER)
+    identity = ca.issue(device_id, folder / device_id, force=True)
+    new = x509.load_pem_x509_certificate(identity.cert.read_bytes()).serial_number
+    revoke_device_local(root, device_id, keep=new)
+    return identity
 
 
 def reload_broker(pid: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity, LocalCA
@@ -32,6 +32,14 @@ def _no_stray_children() -> Iterator[None]:
     reap_children()
 
 
+#: Reader identities on the tests' brokers (beside the stack's own, READERS). Each subscriber
+#: and ingest of a test gets one of its own: the broker names a client by its certificate,
+#: so two sharing one would take over each other's session, and a later test would inherit
+#: the readings queued for an earlier one.
+TEST_READERS = tuple(f"reader-{n}" for n in range(2000))
+_readers = iter(TEST_READERS)
+
+
 class Pki:
     """A CA for the test session, and certificates made on demand (cached by name)."""
 
@@ -47,6 +55,11 @@ class Pki:
         if name not in self._issued:
             self._issued[name] = self.ca.issue(name, self.root / "devices" / name)
         return self._issued[name]
+
+    def reader(self) -> tuple[str, Identity]:
+        """A reader identity no other client of this session used: (its name, its files)."""
+        name = next(_readers)
+        return name, self.device(name)
 
 
 @pytest.fixture
@@ -80,7 +93,7 @@ def start_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             ca=pki.ca.cert_path,
             cert=pki.server.cert,
             key=pki.server.key,
-            **kwargs,  # type: ignore[arg-type]
+            **{"readers": (*READERS, *TEST_READERS), **kwargs},  # type: ignore[arg-type]
         )
         broker = Mosquitto(config)
         started.append(broker)
@@ -102,6 +115,7 @@ def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         ca=pki.ca.cert_path,
         cert=pki.server.cert,
         key=pki.server.key,
+        readers=(*READERS, *TEST_READERS),
     )
     broker = Mosquitto(config)
     broker.start()
@@ -118,7 +132,6 @@ def nats(pki: Pki, tmp_path: Path) -> Iterator[Nats]:
 
 
 _ids = itertools.count()
-_subscribers = itertools.count()
 
 
 @pytest.fixture
@@ -133,12 +146,11 @@ def device_id(request: pytest.FixtureRequest) -> str:
 def subscribe(pki: Pki) -> Iterator[Callable[..., Subscriber]]:
     subs: list[Subscriber] = []
 
-    def make(
-        port: int, topics: tuple[str, ...] = ("sensors/+/data",), name: str = "ingest"
-    ) -> Subscriber:
-        # A client id no other test used: a persistent session of an earlier test's
+    def make(port: int, topics: tuple[str, ...] = ("sensors/+/data",)) -> Subscriber:
+        # A reader identity no other test used: a persistent session of an earlier test's
         # subscriber would hand this one the messages queued for it since.
-        sub = Subscriber(port, pki.device(name), topics, client_id=f"sub-{next(_subscribers)}")
+        name, ident = pki.reader()
+        sub = Subscriber(port, ident, topics, client_id=name)
         subs.append(sub)
         return sub.start()
 

@@ -16,14 +16,26 @@ from pathlib import Path
 
 from cloud.errors import LocalStackError
 from cloud.local.ports import wait_listening
+from device.payload import MAX_PAYLOAD_BYTES
 
-#: Identities that may read every device's topics and send devices their receipts (the
-#: ingest bridge; tests reuse its identity for their subscribers).
-READERS = ("ingest",)
+#: Identities that may read every device's topics and send devices their receipts: the
+#: ingest bridge, and further ingest instances sharing the load (`cloud ingest --client-id`).
+#: Each needs an identity of its own, since the broker names a client by its certificate.
+READERS = ("ingest", *(f"ingest-{n}" for n in range(2, 10)))
 #: Messages a persistent-session client may have queued while offline or slow. The default
 #: (1000) silently dropped most of a 2,000-message burst for a slow subscriber here.
 MAX_QUEUED_MESSAGES = 1_000_000
 MAX_INFLIGHT_MESSAGES = 1000
+#: The largest MQTT packet the broker takes: a reading at the payload contract's limit, its
+#: topic (sensors/ and an id of up to 128 characters) and MQTT 5's properties. A bigger one
+#: ends the sender's connection, before it costs the broker's memory or anyone's disk.
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 1024
+
+
+#: What a client of the plaintext listener may do: read readings and statuses, for a
+#: dashboard or a legacy subscriber on this machine. It has no identity, so it may publish
+#: nothing (it could otherwise pose as any device).
+PLAINTEXT_ACL = "topic read sensors/+/data\ntopic read sensors/+/status\n"
 
 
 def acl_text(readers: tuple[str, ...] = READERS) -> str:
@@ -49,7 +61,7 @@ class MosquittoConfig:
     key: Path
     host: str = "127.0.0.1"
     readers: tuple[str, ...] = READERS
-    plaintext_port: int | None = None  # loopback, unauthenticated: only when asked for
+    plaintext_port: int | None = None  # loopback, anonymous, read-only: only when asked for
     crl: Path | None = None
     extra: tuple[str, ...] = field(default=())
 
@@ -64,15 +76,16 @@ class MosquittoConfig:
     def render(self) -> str:
         lines = [
             "# Written by sensor-pipeline; regenerated on each start.",
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"acl_file {self.folder / 'acl'}",
+            # Each listener has its own authentication and ACL: the TLS one names clients by
+            # certificate, the optional plaintext one is anonymous and read-only.
+            "per_listener_settings true",
             "persistence true",
             f"persistence_location {self.folder}/",
             "autosave_interval 30",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             "max_queued_bytes 0",
             f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+            f"max_packet_size {MAX_PACKET_BYTES}",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -82,18 +95,26 @@ class MosquittoConfig:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "",
             f"listener {self.port} {self.host}",
+            "allow_anonymous false",
+            f"acl_file {self.folder / 'acl'}",
             f"cafile {self.ca}",
             f"certfile {self.cert}",
             f"keyfile {self.key}",
             "require_certificate true",
             "use_identity_as_username true",
+            # The client id is the certificate's name too, whatever the client asks for: a
+            # device cannot take over ingest's session (and the readings queued in it).
+            "use_username_as_clientid true",
         ]
         if self.crl is not None:
             lines.append(f"crlfile {self.crl}")
         if self.plaintext_port is not None:
-            # Plain MQTT has no identity: only the readers' topics would be open, so the
-            # ACL still keeps anonymous clients from publishing as a device.
-            lines += ["", f"listener {self.plaintext_port} 127.0.0.1"]
+            lines += [
+                "",
+                f"listener {self.plaintext_port} 127.0.0.1",
+                "allow_anonymous true",
+                f"acl_file {self.folder / 'acl-plaintext'}",
+            ]
         if os.geteuid() == 0:
             # As root Mosquitto drops to the `mosquitto` user, which cannot read our 0700
             # folders; stay root (it warns in its log) rather than loosen the key's mode.
@@ -104,6 +125,7 @@ class MosquittoConfig:
     def write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.folder / "acl").write_text(acl_text(self.readers))
+        (self.folder / "acl-plaintext").write_text(PLAINTEXT_ACL)
         self.conf_path.write_text(self.render())
 
 

@@ -35,7 +35,7 @@ from cloud.local.mosquitto import MosquittoConfig, mosquitto_binary
 from cloud.local.ports import free_port, is_listening, port_is_free
 from cloud.local.supervisor import PartSpec, PartStatus, SupervisorStatus
 from cloud.local_ca import Identity, LocalCA, certs_dir, private_folder
-from cloud.revocation import ensure_crl
+from cloud.revocation import ensure_crl, reissue_device_local
 
 PREFERRED_MQTT_PORT = 8883
 PREFERRED_TABLE_PORT = 4567  # dynalite's own default
@@ -189,7 +189,10 @@ def device_identity(root: Path, device_id: str, force: bool = False) -> Identity
     identity = Identity(folder / "cert.pem", folder / "key.pem", folder / "ca.pem")
     if identity.key.exists() and identity.cert.exists() and not force:
         return identity
-    return local_ca(root).issue(device_id, folder, force=force)
+    if force:
+        # The one replaced stops working: a copy of it (a stolen Pi's) must not connect.
+        return reissue_device_local(root, device_id)
+    return local_ca(root).issue(device_id, folder)
 
 
 # -- the parts -----------------------------------------------------------------------------

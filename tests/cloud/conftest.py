@@ -24,16 +24,17 @@ from tests.ingest_run import Running, ingest_runner
 def ingest_settings(
     pki: Pki, shared_broker: Mosquitto, aws: Endpoint, table: str, device_id: str, tmp_path: Path
 ) -> IngestSettings:
-    """Ingest settings of this test's own: its client id and share group are used by no other
-    test, so no earlier test's offline session takes a round-robin share of our messages."""
+    """Ingest settings of this test's own: its identity (so client id) and share group are
+    used by no other test, so no earlier test's offline session takes a share of our messages."""
+    name, ident = pki.reader()
     return IngestSettings(
         host="127.0.0.1",
         port=shared_broker.config.port,
-        tls=pki.device("ingest"),
+        tls=ident,
         endpoint=aws,
         table=table,
         dead_letter=tmp_path / "dead-letter.jsonl",
-        client_id=f"ingest-{device_id}",
+        client_id=name,
         share_group=f"g-{device_id}",
         batch_seconds=0.05,
         report_every=1.0,

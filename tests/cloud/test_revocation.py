@@ -236,3 +236,29 @@ def test_the_crl_is_public_and_current(root: Path):
     assert path.stat().st_mode & 0o777 == 0o644  # a broker running as another user reads it
     next_update = x509.load_pem_x509_crl(path.read_bytes()).next_update_utc
     assert next_update is not None and dt.datetime.now(dt.UTC) < next_update
+
+
+def test_a_reissued_certificate_revokes_the_one_it_replaced_and_revoke_covers_every_one(
+    root: Path, start_broker: BrokerFactory, devices: list[Device]
+):
+    """`cloud provision --id X --force` on a Pi that was stolen: the thief's copy of the
+    first certificate stops working at once, and `cloud revoke` later ends the new one too."""
+    first = stack.device_identity(root, "rv-stolen")
+    stolen_folder = root / "stolen"
+    shutil.copytree(first.cert.parent, stolen_folder)
+    stolen = Identity(
+        stolen_folder / "cert.pem", stolen_folder / "key.pem", stolen_folder / "ca.pem"
+    )
+    second = stack.device_identity(root, "rv-stolen", force=True)
+    assert serial(second) != serial(stolen)
+    broker = start_broker(crl=ensure_crl(root))
+    port = broker.config.port
+
+    assert not connects(devices, port, stolen), "the replaced certificate still connects"
+    assert connects(devices, port, second)
+
+    revoke_device_local(root, "rv-stolen")
+    restart_broker(broker)
+    assert not connects(devices, port, second)
+    assert not connects(devices, port, stolen)
+    assert {serial(stolen), serial(second)} <= revoked_serials(crl_path(root))

@@ -3,7 +3,6 @@ Mosquitto with 3.1.1 chosen: every reading delivered, across a broker restart.""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,18 +11,17 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from tests.mqtt import Subscriber, finish, start_agent
 
-_clients = itertools.count()
-
 
 @pytest.fixture
 def subscriber311(pki) -> Iterator[Callable[[int], Subscriber]]:
     subs: list[Subscriber] = []
 
     def make(port: int) -> Subscriber:
+        name, ident = pki.reader()
         sub = Subscriber(
             port,
-            pki.device("ingest"),
-            client_id=f"sub311-{next(_clients)}",
+            ident,
+            client_id=name,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
         subs.append(sub)

@@ -32,11 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from cloud.aws import Endpoint
 from cloud.cli import ingest as ingest_command
 from cloud.ingest import IngestSettings
-from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
 from cloud.local_ca import Identity
 from cloud.table import item_count
-from tests.conftest import Pki
+from tests.conftest import TEST_READERS, Pki
 from tests.ingest_run import Running as SharedRunning
 from tests.ingest_run import ingest_runner
 from tests.mqtt import CHILDREN, REPO, agent_command
@@ -251,7 +251,7 @@ def acl_broker(
             cert=pki.server.cert,
             key=pki.server.key,
             acl_extra=acl_extra,
-            **kwargs,
+            **{"readers": (*READERS, *TEST_READERS), **kwargs},
         )
         broker = Mosquitto(config)
         started.append(broker)
@@ -274,14 +274,15 @@ def make_ingest_settings(
     shipped share group (`ingest`), as `cloud ingest` runs on the local stack."""
 
     def make(port: int, **changes: Any) -> IngestSettings:
+        name, ident = pki.reader()
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": port,
-            "tls": pki.device("ingest"),
+            "tls": ident,
             "endpoint": aws,
             "table": table,
             "dead_letter": tmp_path / "dead-letter.jsonl",
-            "client_id": f"ingest-{device_id}",
+            "client_id": name,
             "share_group": CLI_SHARE_GROUP,
             "report_every": 1.0,
         }

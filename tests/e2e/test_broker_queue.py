@@ -86,9 +86,10 @@ def test_a_small_queue_drops_readings_and_the_loss_is_counted(
     aws: Endpoint,
 ) -> None:
     # The later max_queued_messages line overrides the shipped one; $SYS every second, and
-    # readable by the ingest identity for this test only.
+    # readable by this test's watcher only.
+    name, ident = pki.reader()
     broker = acl_broker(
-        "user ingest\ntopic read $SYS/#",
+        f"user {name}\ntopic read $SYS/#",
         extra=(f"max_queued_messages {SMALL_QUEUE}", "sys_interval 1"),
     )
     conf = broker.config.render()
@@ -98,7 +99,7 @@ def test_a_small_queue_drops_readings_and_the_loss_is_counted(
     port = broker.config.port
     settings = make_ingest_settings(port)
     persist_session(run_ingest, settings)
-    sys_watch = Subscriber(port, pki.device("ingest"), (DROPPED_TOPIC,), client_id="sys-watch")
+    sys_watch = Subscriber(port, ident, (DROPPED_TOPIC,), client_id=name)
     sys_watch.start()
     try:
         burst(agents, fleet_ids, port)

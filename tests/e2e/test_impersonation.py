@@ -115,3 +115,31 @@ def test_a_device_cannot_forge_receipts_for_itself_or_another(
     witness.publish(f"sensors/{victim}/receipt", encode_receipt([(0, 1_000)]))
     witness.wait_for(lambda ms: len(ms) >= 1)
     assert [m.topic for m in witness.messages] == [f"sensors/{victim}/receipt"]
+
+
+def test_a_device_cannot_take_over_ingests_session_and_the_readings_queued_in_it(
+    pki: Pki, shared_broker: Mosquitto, device_id: str
+) -> None:
+    """With ingest away, its session holds the readings queued for it. A device that
+    connects with ingest's client id gets a session of its own (the broker names a client
+    by its certificate), so ingest, back, receives every reading."""
+    port = shared_broker.config.port
+    name, ident = pki.reader()
+    Subscriber(port, ident, client_id=name).start().stop()  # subscribed, now away
+    sender = RawDevice.connect(port, pki.device(device_id), client_id=device_id)
+    try:
+        readings = [forged(device_id, n) for n in range(8)]
+        assert sender.publish_all(f"sensors/{device_id}/data", readings) == ["Success"] * 8
+    finally:
+        sender.close()
+
+    # clean start: had the broker handed mallory ingest's session, it would be discarded.
+    intruder = RawDevice.connect(port, pki.device(f"{device_id}-mallory"), client_id=name)
+    intruder.close()
+
+    back = Subscriber(port, ident, client_id=name).start()
+    try:
+        got = back.wait_readings(device_id, 8, timeout=15)
+    finally:
+        back.stop()
+    assert sorted(r["seq"] for r in got) == list(range(8))

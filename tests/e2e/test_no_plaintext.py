@@ -5,16 +5,22 @@ running broker listens on that one socket only; and plain MQTT to it gets no ses
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.cli import local_up
 from cloud.local import stack
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
+from cloud.local.ports import free_port, is_listening
 from tests.conftest import Pki
+from tests.e2e.conftest import RawDevice
 from tests.e2e.mqtt_raw import attempt
+from tests.mqtt import wait_until
 
 
 def listeners(conf: str) -> list[str]:
@@ -60,3 +66,45 @@ def test_running_broker_listens_only_on_its_tls_port_and_refuses_plain_mqtt(
     assert plain.connack is None, f"plain MQTT got a CONNACK ({plain.connack})"
     assert plain.refusal, plain
     assert "New client connected" not in broker.config.log_path.read_text()
+
+
+def test_an_asked_for_plaintext_listener_lets_anonymous_clients_read_readings_only(
+    start_broker: Callable[..., Mosquitto], pki: Pki, device_id: str
+) -> None:
+    """--plaintext-port is for a dashboard or a legacy subscriber on this machine: it may
+    read readings and statuses, and publish nothing (it has no identity to publish as)."""
+    plain_port = free_port()
+    broker = start_broker(plaintext_port=plain_port)
+    wait_until(lambda: is_listening(plain_port), what="the plaintext listener")
+    reader = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    got: list[tuple[str, bytes]] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+    reader.on_subscribe = lambda *a: subscribed.set()
+    pubacks: list[str] = []
+    reader.on_publish = lambda client, userdata, mid, reason, props: pubacks.append(str(reason))
+
+    def on_message(client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        got.append((msg.topic, bytes(msg.payload)))
+        arrived.set()
+
+    reader.on_message = on_message
+    reader.connect("127.0.0.1", plain_port)
+    reader.loop_start()
+    try:
+        reader.subscribe("sensors/+/data", qos=1)
+        assert subscribed.wait(10), "no SUBACK on the plaintext listener"
+        sender = RawDevice.connect(broker.config.port, pki.device(device_id), client_id=device_id)
+        try:
+            assert sender.publish_all(f"sensors/{device_id}/data", [b"reading"]) == ["Success"]
+        finally:
+            sender.close()
+        assert arrived.wait(10), "the reading did not reach the plaintext reader"
+        forged = reader.publish(f"sensors/{device_id}/data", b"forged", qos=1)
+        forged.wait_for_publish(10)
+    finally:
+        reader.disconnect()
+        reader.loop_stop()
+    assert pubacks == ["Not authorized"]
+    assert got == [(f"sensors/{device_id}/data", b"reading")], "the forged one never came back"

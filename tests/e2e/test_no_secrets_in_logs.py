@@ -101,7 +101,7 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
         pki, tmp_path / "broken", broker, moto_server, f"{table}-missing", supervisor_stand_in
     )
     failing = cloud_ingest(
-        broken, logs, "ingest-no-table", env, "--client-id", "ingest-broken", "--share-group", "b"
+        broken, logs, "ingest-no-table", env, "--client-id", "ingest-2", "--share-group", "b"
     )
 
     ids = [f"{device_id}-{n}" for n in (1, 2)]
