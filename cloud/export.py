@@ -6,6 +6,7 @@ Layout under the export root (a folder or s3://bucket/prefix; names from cloud/l
     readings/dt=YYYY-MM-DD/<run-id>-<n>.parquet    parquet: flat typed columns, zstd
     _manifests/<format>/<run-id>.json              one per committed run (the commit record)
     _manifests/<format>/watermark.json             highest ReceivedAt exported so far
+    _manifests/<format>/lease                      held by the one export running there
     _manifests/<format>/staging/<run-id>/<key>     a run's files before its commit
     AWSDynamoDB/<export-id>/...                    --method native (written by DynamoDB)
     _manifests/native/<run-id>.json                one per committed native export
@@ -56,7 +57,12 @@ commit step that deletes files no manifest lists): there a crashed run's rows st
 until the next run, and during a `--full` run old and new rows are both visible for the
 whole run, not for a moment. The price on S3 is one server-side copy per file.
 One export per destination and format at a time: a second one started concurrently would take
-the first one's staging area for a crashed run's and delete it.
+the first one's staging area for a crashed run's and delete it. So a run holds
+`_manifests/<format>/lease` from before its first settle() until it ends (cloud/storage.py:
+an flock in a folder, which dies with its process; on S3 an object created with a
+conditional put and renewed while the run goes on, which a dead run's stops being after
+LEASE_SECONDS), and a second run is refused with the holder's start time. As a last guard,
+the commit checks that every staged file is still there before it writes the manifest.
 
 **Watermark.** ReceivedAt is when the cloud received a reading; an incremental run exports the
 items with ReceivedAt above the stored watermark. A Scan is not a snapshot, and an item is
@@ -67,6 +73,13 @@ counted), and the watermark never passes them. The first export of a format is a
 items without ReceivedAt are exported by full runs only. `--since T` selects by reading time
 (CurrentTime >= T) instead of by watermark, so on an export that already holds rows it would
 write some of them twice: it is refused there unless `--full` replaces the whole export.
+This holds only if writers keep their side: an item is in the table within `settle` seconds
+of its ReceivedAt (cloud ingest stamps it at the write attempt that succeeds).
+
+**Reading times.** Items whose CurrentTime is outside payload.TS_MIN_MS..TS_MAX_MS (2000 to
+2100: a device sending seconds or microseconds, from before ingest refused them) are skipped
+by both formats and counted, rather than fail every Parquet export (Arrow's timestamps end in
+the year 9999) or reach queries as the year 1970 or 58888.
 """
 
 from __future__ import annotations
@@ -76,9 +89,11 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import queue
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -96,14 +111,18 @@ from cloud.aws import Endpoint
 from cloud.errors import PipelineError
 from cloud.storage import (
     Destination,
+    Lease,
+    LeaseHeld,
     PendingFile,
     S3Prefix,
+    StorageError,
     StoredObject,
     is_temporary,
     open_destination,
 )
 from cloud.target import aws_problem
 from cloud.timeparse import iso_ms
+from device.payload import TS_MAX_MS, TS_MIN_MS
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +203,7 @@ class ExportResult:
     skipped: int = 0
     deferred: int = 0
     settle_seconds: float = 0.0
+    out_of_range: int = 0  # items skipped for a CurrentTime outside TS_MIN_MS..TS_MAX_MS
 
     @property
     def bytes(self) -> int:
@@ -191,8 +211,14 @@ class ExportResult:
 
     def line(self) -> str:
         later = ""
+        if self.out_of_range:
+            n = self.out_of_range
+            later += (
+                f"; skipped {n:,} item{'s' if n != 1 else ''} with CurrentTime outside "
+                f"{_year(TS_MIN_MS)}..{_year(TS_MAX_MS)} (not a reading's ms time)"
+            )
         if self.deferred:
-            later = (
+            later += (
                 f"; {self.deferred:,} received in the last {self.settle_seconds:g}s "
                 "wait for the next run"
             )
@@ -208,6 +234,10 @@ class ExportResult:
             f"{_human_bytes(self.bytes)}, in {self.elapsed:.1f}s to {self.location} "
             f"({self.fmt}, {self.mode}){skipped}{later}"
         )
+
+
+def _year(ms: int) -> int:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).year
 
 
 def _human_bytes(n: int) -> str:
@@ -316,6 +346,13 @@ def _int(value: dict[str, Any] | None) -> int | None:
             return int(Decimal(text))
         except InvalidOperation:
             return None
+
+
+def _time_out_of_range(item: dict[str, Any]) -> bool:
+    """CurrentTime is a number but no reading's epoch ms (items without one are left to the
+    writers: Parquet counts them as malformed, Data Pipeline lines carry what there is)."""
+    ms = _int(item.get("CurrentTime"))
+    return ms is not None and not TS_MIN_MS <= ms < TS_MAX_MS
 
 
 def _float(value: dict[str, Any] | None) -> float | None:
@@ -755,11 +792,48 @@ class _Ledger:
     def __init__(self, dest: Destination, area: str) -> None:
         self.dest = dest
         self.prefix = layout.manifest_prefix(area)
+        self.area = area
         self.staging = f"{self.prefix}/staging"
         self.watermark_key = f"{self.prefix}/watermark.json"
+        self.lease_key = f"{self.prefix}/lease"  # no .json: readers glob manifests by that
 
     def manifest_key(self, run_id: str) -> str:
         return f"{self.prefix}/{run_id}.json"
+
+    def hold(self, run_id: str, started: float) -> Lease:
+        """This area for this run alone, until the lease is released."""
+        holder = {
+            "run_id": run_id,
+            "since": _iso(started),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        try:
+            return self.dest.lease(self.lease_key, holder)
+        except LeaseHeld as held:
+            other = held.holder
+            raise ExportError(
+                f"another export to {self.dest.url} ({self.area}) is running since "
+                f"{other.get('since', 'an unknown time')} (run {other.get('run_id', '?')}); "
+                f"wait for it to finish. {held.hint[:1].upper()}{held.hint[1:]}",
+                "LeaseHeld",
+            ) from None
+
+    def check_commit(self, lease: Lease, run_id: str, files: list[DataFile]) -> None:
+        """Refuse to commit unless this run still holds the lease and its staged files are
+        all there: a manifest must never count rows that no file holds."""
+        try:
+            lease.check()
+        except StorageError as exc:
+            raise ExportError(f"{exc}; nothing was committed: rerun", exc.code) from None
+        staged = {o.key: o.size for o in self.dest.list(f"{self.staging}/{run_id}/")}
+        gone = [f for f in files if staged.get(self.staged_key(run_id, f.key)) != f.size]
+        if gone:
+            raise ExportError(
+                f"{len(gone)} of {len(files)} staged file(s) of this run vanished before its "
+                f"commit (first {self.dest.location(self.staged_key(run_id, gone[0].key))}): "
+                "did something else write to this export? Nothing was committed: rerun"
+            )
 
     def staged_key(self, run_id: str, key: str) -> str:
         return f"{self.staging}/{run_id}/{key}"
@@ -877,13 +951,22 @@ class Exporter:
         self.clock = clock
 
     def run(self) -> ExportResult:
-        spec = self.spec
         started = self.clock()
-        t0 = time.monotonic()
         run_id = new_run_id(started)
         total = int(_describe_table(self.ddb, self.table).get("ItemCount") or 0) or None
         self.dest.check()
-        ledger = _Ledger(self.dest, spec.fmt)
+        ledger = _Ledger(self.dest, self.spec.fmt)
+        lease = ledger.hold(run_id, started)
+        try:
+            return self._run(ledger, lease, run_id, started, total)
+        finally:
+            lease.release()
+
+    def _run(
+        self, ledger: _Ledger, lease: Lease, run_id: str, started: float, total: int | None
+    ) -> ExportResult:
+        spec = self.spec
+        t0 = time.monotonic()
         ledger.settle()
         previous = ledger.watermark()
         full = spec.full or previous is None  # the first export of a format is a full one
@@ -901,7 +984,7 @@ class Exporter:
             writer = _ParquetWriter(sink, spec.rows_per_file, spec.row_group_rows)
         else:
             writer = _JsonLinesWriter(sink, spec.rows_per_file)
-        items = scanned = deferred = 0
+        items = scanned = deferred = out_of_range = 0
         highest: int | None = None
         try:
             with ParallelScan(self.ddb, request, spec.segments) as pages:
@@ -914,6 +997,9 @@ class Exporter:
                             continue
                         if received is not None and (highest is None or received > highest):
                             highest = received
+                        if _time_out_of_range(item):
+                            out_of_range += 1  # for good: the watermark may pass it
+                            continue
                         ready.append(item)
                     items += writer.write(ready)
                     scanned += page_scanned
@@ -953,6 +1039,7 @@ class Exporter:
                 skipped,
                 deferred,
                 spec.settle_seconds,
+                out_of_range,
             )
         # Never backwards: a --since run may export only older readings.
         marks = [m for m in (old_mark, highest) if m is not None]
@@ -969,6 +1056,7 @@ class Exporter:
             "finished": _iso(self.clock()),
             "items": items,
             "skipped": skipped,
+            "skipped_out_of_range": out_of_range,
             "deferred": deferred,
             "bytes": sum(f.size for f in sink.files),
             "data_prefix": layout.data_prefix(spec.fmt),
@@ -979,6 +1067,11 @@ class Exporter:
                 "cutoff_ms": cutoff,
             },
         }
+        try:
+            ledger.check_commit(lease, run_id, sink.files)
+        except PipelineError:
+            sink.abort()
+            raise
         # The commit point: from here on the run counts, and settle() (now, or in the next
         # run after a crash) moves its files into place, sets the watermark and, for a full
         # run, removes what it replaces.
@@ -999,6 +1092,7 @@ class Exporter:
             skipped,
             deferred,
             spec.settle_seconds,
+            out_of_range,
         )
 
     def _request(self, full: bool, previous: Watermark | None) -> dict[str, Any]:
@@ -1061,13 +1155,22 @@ class NativeExport:
 
     def run(self) -> ExportResult:
         started = self.clock()
-        t0 = time.monotonic()
         run_id = new_run_id(started)
         table_arn = str(_describe_table(self.ddb, self.table)["TableArn"])
         self._check_pitr()
         self.dest.check()
         self._check_not_running(table_arn)
         ledger = _Ledger(self.dest, NATIVE)
+        lease = ledger.hold(run_id, started)
+        try:
+            return self._run(ledger, lease, run_id, started, table_arn)
+        finally:
+            lease.release()
+
+    def _run(
+        self, ledger: _Ledger, lease: Lease, run_id: str, started: float, table_arn: str
+    ) -> ExportResult:
+        t0 = time.monotonic()
         before = {o.key for o in self.dest.list(f"{NATIVE_DIR}/")}
         request: dict[str, Any] = {
             "TableArn": table_arn,
@@ -1126,6 +1229,7 @@ class NativeExport:
             "objects": sorted(o.key for o in created),
         }
         # Commit, then remove the snapshots this one replaces (same order as the scan path).
+        ledger.check_commit(lease, run_id, [])
         ledger.write_json(ledger.manifest_key(run_id), manifest)
         self._replace_all_but(ledger, set(manifest["objects"]))
         return ExportResult(

@@ -10,15 +10,35 @@ keep is that a file appears at its key whole or not at all:
   S3 makes an object visible only when its PutObject or CompleteMultipartUpload succeeds.
   A killed process can leave incomplete multipart uploads behind: invisible to readers but
   billed, so give the bucket an AbortIncompleteMultipartUpload lifecycle rule.
+
+`lease(key)` gives one holder at a time a key (an export takes one per destination and
+format), and a holder that dies without releasing it blocks no one for long:
+
+- a folder: an flock on the file at the key. The kernel drops it when the holder's process
+  ends however it ends, so there is nothing to expire and no pid to check (and a pid would
+  mean nothing to another machine sharing the folder). The file itself stays (deleting a
+  locked file would let a second holder lock a new file of the same name); it holds the
+  holder's details while it is held, for the refusal message.
+- S3: an object at the key, created with a conditional put (If-None-Match: *) so exactly one
+  of two racing creators wins. It says when it expires; the holder renews it (If-Match on its
+  own ETag) every third of that, so only a dead holder's lease expires, and an expired one
+  is replaced with If-Match on the dead holder's ETag, so two takers cannot both win.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import datetime as dt
+import fcntl
 import hashlib
+import json
+import logging
 import os
 import secrets
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +51,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cloud.aws import Endpoint
 from cloud.errors import PipelineError
 
+log = logging.getLogger(__name__)
+
 TEMP_SUFFIX = ".tmp"
+#: How long an S3 lease lasts unless renewed: the longest a dead holder blocks the next one.
+LEASE_SECONDS = 300.0
 
 
 class StorageError(PipelineError):
@@ -40,6 +64,36 @@ class StorageError(PipelineError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class LeaseHeld(StorageError):
+    """Someone else holds the lease: `holder` is what they wrote in it (may be empty), and
+    `hint` says how it ends or how to clear it if that holder is gone."""
+
+    def __init__(self, location: str, holder: dict[str, Any], hint: str) -> None:
+        super().__init__(f"{location} is held by another process; {hint}", "LeaseHeld")
+        self.holder = holder
+        self.hint = hint
+
+
+class Lease(ABC):
+    """A key of a destination held by this process until `release()`."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise StorageError if the lease is not (or no longer) ours."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lease up; never raises (an unreleased lease ends by itself)."""
+
+
+def _holder_of(data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -111,6 +165,10 @@ class Destination(ABC):
     @abstractmethod
     def move(self, source: str, target: str) -> None:
         """Make `source` appear whole at `target`, then remove `source`."""
+
+    @abstractmethod
+    def lease(self, key: str, holder: dict[str, Any], seconds: float = LEASE_SECONDS) -> Lease:
+        """Hold `key` until release, its body saying `holder`; LeaseHeld if someone does."""
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
         pending = self.create(key)
@@ -225,6 +283,34 @@ class LocalFolder(Destination):
             raise StorageError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from None
         self._prune(src.parent)
 
+    def lease(self, key: str, holder: dict[str, Any], seconds: float = LEASE_SECONDS) -> Lease:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found = _holder_of(os.pread(fd, 1 << 16, 0))
+            os.close(fd)
+            pid = found.get("pid")
+            raise LeaseHeld(
+                str(path),
+                found,
+                f"the system drops its lock on {path} when that process ends, so none is "
+                "ever stale: if it hangs, stop it"
+                + (f" (pid {pid} on {found.get('host')})" if pid else "")
+                + ", then rerun",
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
+        return _FolderLease(path, fd)
+
     def _prune(self, folder: Path) -> None:
         # Empty folders left behind (a day partition, a run's staging area) go, so the tree
         # shows only what holds data; rmdir refuses a folder still in use, which then stays.
@@ -236,11 +322,39 @@ class LocalFolder(Destination):
             folder = folder.parent
 
 
+class _FolderLease(Lease):
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd: int | None = fd
+
+    def check(self) -> None:
+        # The lock is ours while the file is open, unless someone deleted the file and a
+        # second holder locked a new one of that name.
+        try:
+            ours = self.fd is not None and os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            ours = False
+        if not ours:
+            raise StorageError(f"lost the lock {self.path}: the file was removed or replaced")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)  # no stale holder's details for a reader of the file
+        os.close(self.fd)  # drops the lock
+        self.fd = None
+
+
 def _aws_error(exc: Exception) -> tuple[str, str | None]:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code')}: {error.get('Message')}", error.get("Code")
     return str(exc), None
+
+
+#: What S3 answers a conditional put or delete whose condition does not hold.
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 class _S3Pending(PendingFile):
@@ -379,6 +493,127 @@ class S3Prefix(Destination):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(f"cannot copy {source} to {target} in", exc) from None
         self.delete([source])
+
+    def lease(self, key: str, holder: dict[str, Any], seconds: float = LEASE_SECONDS) -> Lease:
+        found: dict[str, Any] = {}
+        for _ in range(3):  # each pass loses only to a holder that came and went meanwhile
+            etag = self.put_lease(key, holder, seconds, IfNoneMatch="*")
+            if etag is not None:
+                return _S3Lease(self, key, holder, seconds, etag)
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                data, stale = answer["Body"].read(), str(answer["ETag"])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    continue  # released since: try again
+                raise self._fail(f"cannot read {key} from", exc) from None
+            except BotoCoreError as exc:
+                raise self._fail(f"cannot read {key} from", exc) from None
+            found = _holder_of(data)
+            expires = found.get("expires_at")
+            # Compared with this machine's clock: a skew of seconds against minutes.
+            if isinstance(expires, int | float) and expires > time.time():
+                break
+            # Expired (its holder died) or not ours to read: replace exactly that object.
+            etag = self.put_lease(key, holder, seconds, IfMatch=stale)
+            if etag is not None:
+                log.warning("took over the expired lease %s: %s", self.location(key), found)
+                return _S3Lease(self, key, holder, seconds, etag)
+        until = found.get("expires", "a few minutes from now")
+        raise LeaseHeld(
+            self.location(key),
+            found,
+            f"it is renewed while that export runs; if it died, the lease expires at {until}, "
+            f"or delete it now (aws s3 rm {self.location(key)})",
+        )
+
+    def put_lease(
+        self, key: str, holder: dict[str, Any], seconds: float, **condition: str
+    ) -> str | None:
+        """Write the lease body if `condition` holds: its new ETag, or None if it did not."""
+        expires = time.time() + seconds
+        body = {
+            **holder,
+            "expires_at": expires,
+            "expires": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(timespec="seconds"),
+        }
+        try:
+            answer = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=json.dumps(body).encode() + b"\n",
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (*_CONDITION_FAILED, "NoSuchKey"):
+                return None
+            raise self._fail(f"cannot write the lease {key} to", exc) from None
+        except BotoCoreError as exc:
+            raise self._fail(f"cannot write the lease {key} to", exc) from None
+        return str(answer["ETag"])
+
+    def delete_lease(self, key: str, etag: str) -> None:
+        """Delete the lease if it is still the one with `etag`: one another process took
+        over is theirs to release."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (*_CONDITION_FAILED, "NoSuchKey"):
+                return
+            raise self._fail(f"cannot delete the lease {key} from", exc) from None
+        except BotoCoreError as exc:
+            raise self._fail(f"cannot delete the lease {key} from", exc) from None
+
+
+class _S3Lease(Lease):
+    def __init__(
+        self, dest: S3Prefix, key: str, holder: dict[str, Any], seconds: float, etag: str
+    ) -> None:
+        self.dest = dest
+        self.key = key
+        self.holder = holder
+        self.seconds = seconds
+        self.etag = etag
+        self._lock = threading.Lock()
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_often, name="lease", daemon=True)
+        self._renewer.start()
+
+    def _renew_often(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.check()
+            except StorageError as exc:
+                log.warning("%s", exc)
+                if self._lost is not None:
+                    return
+
+    def check(self) -> None:
+        """Renew the lease: proof it is still ours, and another `seconds` before it expires."""
+        with self._lock:
+            if self._lost is None:
+                etag = self.dest.put_lease(self.key, self.holder, self.seconds, IfMatch=self.etag)
+                if etag is None:
+                    self._lost = (
+                        f"lost the lease {self.dest.location(self.key)}: it was deleted, or "
+                        "expired unrenewed and another process took it"
+                    )
+                else:
+                    self.etag = etag
+            if self._lost is not None:
+                raise StorageError(self._lost, "LeaseLost")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._renewer.join()
+        if self._lost is not None:
+            return  # someone else's now
+        try:
+            self.dest.delete_lease(self.key, self.etag)
+        except StorageError as exc:
+            log.warning("could not release the lease (it expires by itself): %s", exc)
 
 
 def open_destination(url: str, endpoint: Endpoint | None = None) -> Destination:

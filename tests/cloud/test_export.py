@@ -305,7 +305,7 @@ def test_incremental_runs_export_only_what_is_new_and_full_replaces(
     late_old_reading["ReceivedAt"] = {"N": str(BASE_MS + 2000 * 60_000)}  # arrived late
     no_received_at = {
         "SensorId": {"S": "legacy"},
-        "CurrentTime": {"N": "1"},
+        "CurrentTime": {"N": str(BASE_MS - 86_400_000)},  # a day before the others
         "Temperature": {"N": "1"},
     }
     just_now = make_items(sensors=1, per_sensor=1, start=3000)[0]
