@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from device.errors import AgentError
 
@@ -72,12 +72,111 @@ def _finite_number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _whole_number(name: str, value: Any, minimum: int) -> int:
+def _integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"non-integer {name}", repr(value))
-    if value < minimum:
-        raise PayloadError(f"negative {name}", repr(value))
     return value
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    number = _integer(name, value)
+    if number < minimum:
+        raise PayloadError(f"negative {name}", repr(number))
+    return number
+
+
+# -- the fields of payload v1, as data ------------------------------------------------------
+# One table says what each field must be. `parse_payload` applies it here, and
+# `cloud.rule` turns the same table into the AWS IoT rule's WHERE clause, so the deployed
+# rule and `cloud ingest` refuse the same readings (tests/cloud/test_rule_checks.py).
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """What one field of payload v1 must be.
+
+    `kind` is "version" (equal to VERSION), "sensor_id" (a valid id, the topic's), "integer"
+    or "number" (finite); `minimum` (inclusive) and `below` (exclusive) bound an integer.
+    """
+
+    name: str
+    kind: Literal["version", "sensor_id", "integer", "number"]
+    required: bool = True
+    minimum: int | None = None
+    below: int | None = None
+    #: Said with an out-of-range value, so a dead letter tells the device's author the fix.
+    meaning: str = ""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every PayloadError reason `check` can give for this field."""
+        n = self.name
+        if self.kind == "version":
+            return ("unsupported version",)
+        missing = (f"missing {n}",) if self.required else ()
+        if self.kind == "sensor_id":
+            return (*missing, "bad sensor_id", "sensor_id differs from topic")
+        if self.kind == "integer":
+            low = () if self.minimum is None else (self._too_low_reason,)
+            high = () if self.below is None else (f"{n} out of range",)
+            return tuple(dict.fromkeys((*missing, f"non-integer {n}", *low, *high)))
+        return (*missing, f"non-numeric {n}", f"non-finite {n}")
+
+    @property
+    def _too_low_reason(self) -> str:
+        # "negative seq" reads better than "seq out of range" and is the reason devices
+        # and dead-letter readers already know.
+        return f"negative {self.name}" if self.minimum == 0 else f"{self.name} out of range"
+
+    def check(self, body: Mapping[str, Any], topic_sensor_id: str | None) -> None:
+        """PayloadError (with one of `reasons`) unless `body` holds this field as it must."""
+        n = self.name
+        if self.kind == "version":
+            # bool is an int in Python, but `true` is not version 1.
+            value = body.get(n)
+            if value != VERSION or isinstance(value, bool):
+                raise PayloadError("unsupported version", repr(value))
+            return
+        if n not in body:
+            if self.required:
+                raise PayloadError(f"missing {n}")
+            return
+        value = body[n]
+        if self.kind == "sensor_id":
+            if not isinstance(value, str):
+                raise PayloadError("bad sensor_id", repr(value))
+            if topic_sensor_id is not None and value != topic_sensor_id:
+                raise PayloadError(
+                    "sensor_id differs from topic", f"{value!r} published on {topic_sensor_id!r}"
+                )
+            check_sensor_id(value)
+        elif self.kind == "integer":
+            value = _integer(n, value)
+            hint = f" ({self.meaning})" if self.meaning else ""
+            if self.minimum is not None and value < self.minimum:
+                raise PayloadError(self._too_low_reason, f"{value} < {self.minimum}{hint}")
+            if self.below is not None and value >= self.below:
+                raise PayloadError(f"{n} out of range", f"{value} >= {self.below}{hint}")
+        else:
+            _finite_number(n, value)
+
+
+#: Payload v1, field by field, in the order they are checked.
+FIELDS = (
+    FieldRule("v", "version"),
+    FieldRule("sensor_id", "sensor_id"),
+    # A time in seconds or microseconds would be written as a year no export can hold.
+    FieldRule(
+        "ts",
+        "integer",
+        minimum=TS_MIN_MS,
+        below=TS_MAX_MS,
+        meaning="epoch milliseconds from 2000-01-01 up to 2100-01-01 UTC",
+    ),
+    FieldRule("seq", "integer", minimum=0),
+    FieldRule("temperature", "number"),
+    *(FieldRule(metric, "number", required=False) for metric in OPTIONAL_METRICS),
+)
 
 
 @dataclass(frozen=True)
@@ -140,23 +239,13 @@ def parse_payload(payload: bytes, topic_sensor_id: str | None = None) -> Reading
         raise PayloadError("not JSON", "nested too deeply") from None
     if not isinstance(body, dict):
         raise PayloadError("not a JSON object", type(body).__name__)
-    if body.get("v") != VERSION or isinstance(body.get("v"), bool):
-        raise PayloadError("unsupported version", repr(body.get("v")))
-    for key in ("sensor_id", "ts", "seq", "temperature"):
-        if key not in body:
-            raise PayloadError(f"missing {key}")
-    unknown = set(body) - {"v", "sensor_id", "ts", "seq", "temperature", *OPTIONAL_METRICS}
+    for rule in FIELDS:
+        rule.check(body, topic_sensor_id)
+    unknown = set(body) - {rule.name for rule in FIELDS}
     if unknown:
         raise PayloadError("unknown field", ", ".join(sorted(unknown)))
-    sensor_id = body["sensor_id"]
-    if not isinstance(sensor_id, str):
-        raise PayloadError("bad sensor_id", repr(sensor_id))
-    if topic_sensor_id is not None and sensor_id != topic_sensor_id:
-        raise PayloadError(
-            "sensor_id differs from topic", f"{sensor_id!r} published on {topic_sensor_id!r}"
-        )
     return Reading(
-        sensor_id=sensor_id,
+        sensor_id=body["sensor_id"],
         ts=body["ts"],
         seq=body["seq"],
         temperature=body["temperature"],

@@ -91,7 +91,8 @@ def test_update_changes_a_parameter_and_keeps_the_rest_and_the_data(aws: Endpoin
     first = deploy(aws, stack_name, {"BytesScannedCutoffPerQuery": 20_000_000}, poll_seconds=POLL)
     ddb = aws.client("dynamodb")
     item = to_item(
-        "sensors/dev-1/data", b'{"v":1,"sensor_id":"dev-1","ts":5,"seq":0,"temperature":1.5}'
+        "sensors/dev-1/data",
+        b'{"v":1,"sensor_id":"dev-1","ts":1764345600005,"seq":0,"temperature":1.5}',
     )
     ddb.put_item(TableName=first["TableName"], Item=item)
 

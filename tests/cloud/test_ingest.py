@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.deadletter import DeadLetter, DeadLetterFile, read_dead_letters
+from cloud.deadletter import PAYLOAD_PREFIX_BYTES, DeadLetter, DeadLetterFile, read_dead_letters
 from cloud.errors import ConfigError
 from cloud.ingest import IngestSettings
 from cloud.local.mosquitto import Mosquitto
@@ -144,7 +144,7 @@ def test_each_invalid_kind_is_dead_lettered_verbatim_and_valid_ones_still_land(
         fields: dict[str, Any] = {
             "v": 1,
             "sensor_id": device_id,
-            "ts": 1_000,
+            "ts": 1_764_345_600_000,
             "seq": 0,
             "temperature": 20.0,
         }
@@ -161,6 +161,9 @@ def test_each_invalid_kind_is_dead_lettered_verbatim_and_valid_ones_still_land(
         ("non-finite value", sample.replace("20.0", "Infinity").encode()),
         ("oversize payload", body() + b" " * MAX_PAYLOAD_BYTES),
         ("sensor_id differs from topic", body(sensor_id="someone-else")),
+        # A device counting in microseconds or seconds: a year no export could hold.
+        ("ts out of range", body(ts=1_764_345_600_000_000)),
+        ("ts out of range", body(ts=1_764_345_600)),
     ]
     running = run_ingest(ingest_settings)
     pub = device_publisher(device_id)
@@ -170,7 +173,11 @@ def test_each_invalid_kind_is_dead_lettered_verbatim_and_valid_ones_still_land(
     stats = running.finish()
 
     letters = list(read_dead_letters(ingest_settings.dead_letter))
-    assert [(d.reason, d.payload) for d in letters] == invalid
+    # Kept verbatim up to the dead letter's prefix (only the oversize one is longer).
+    assert [(d.reason, d.payload) for d in letters] == [
+        (reason, payload[:PAYLOAD_PREFIX_BYTES]) for reason, payload in invalid
+    ]
+    assert [d.size for d in letters] == [len(payload) for _, payload in invalid]
     assert {d.topic for d in letters} == {f"sensors/{device_id}/data"}
     assert all(d.detail.startswith(d.reason) and d.time.endswith("+00:00") for d in letters)
     items = scan_items(aws.client("dynamodb"), ingest_settings.table)

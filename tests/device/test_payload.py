@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
-from device.payload import PayloadError, Reading, parse_payload
+from device.payload import TS_MAX_MS, TS_MIN_MS, PayloadError, Reading, parse_payload
 
 
 def test_round_trip_keeps_every_field():
@@ -28,21 +29,49 @@ def test_round_trip_keeps_every_field():
         (b"not json", "not JSON"),
         (b"\xff\xfe", "not UTF-8"),
         (b"[1]", "not a JSON object"),
-        (b'{"v":2,"sensor_id":"s","ts":1,"seq":0,"temperature":1}', "unsupported version"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0}', "missing temperature"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":"hot"}', "non-numeric temperature"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":NaN}', "non-finite value"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":Infinity}', "non-finite value"),
-        (b'{"v":1,"sensor_id":"s","ts":1.5,"seq":0,"temperature":1}', "non-integer ts"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":-1,"temperature":1}', "negative seq"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":true}', "non-numeric temperature"),
-        (b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"colour":2}', "unknown field"),
         (
-            b'{"v":1,"sensor_id":"other","ts":1,"seq":0,"temperature":1}',
+            b'{"v":2,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":1}',
+            "unsupported version",
+        ),
+        (b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0}', "missing temperature"),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":"hot"}',
+            "non-numeric temperature",
+        ),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":NaN}',
+            "non-finite value",
+        ),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":Infinity}',
+            "non-finite value",
+        ),
+        (b'{"v":1,"sensor_id":"s","ts":1764345600123.5,"seq":0,"temperature":1}', "non-integer ts"),
+        (b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":-1,"temperature":1}', "negative seq"),
+        # ts in seconds, in microseconds, before 2000 and from 2100 on: not epoch ms
+        (b'{"v":1,"sensor_id":"s","ts":1764345600,"seq":0,"temperature":1}', "ts out of range"),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123000,"seq":0,"temperature":1}',
+            "ts out of range",
+        ),
+        (b'{"v":1,"sensor_id":"s","ts":946684799999,"seq":0,"temperature":1}', "ts out of range"),
+        (b'{"v":1,"sensor_id":"s","ts":4102444800000,"seq":0,"temperature":1}', "ts out of range"),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":true}',
+            "non-numeric temperature",
+        ),
+        (
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":1,"colour":2}',
+            "unknown field",
+        ),
+        (
+            b'{"v":1,"sensor_id":"other","ts":1764345600123,"seq":0,"temperature":1}',
             "sensor_id differs from topic",
         ),
         (
-            b'{"v":1,"sensor_id":"s","ts":1,"seq":0,"temperature":1,"pad":"' + b"x" * 5000 + b'"}',
+            b'{"v":1,"sensor_id":"s","ts":1764345600123,"seq":0,"temperature":1,"pad":"'
+            + b"x" * 5000
+            + b'"}',
             "oversize payload",
         ),
     ],
@@ -57,3 +86,12 @@ def test_invalid_payloads_are_rejected_with_a_reason(payload: bytes, reason: str
 def test_sensor_ids_that_would_break_topics_are_refused(sensor_id: str):
     with pytest.raises(PayloadError, match="bad sensor_id"):
         Reading(sensor_id, 1, 0, 20.0)
+
+
+@pytest.mark.parametrize("ts", [TS_MIN_MS, TS_MAX_MS - 1])
+def test_ts_range_holds_its_ends_and_the_exporter_can_make_dates_of_them(ts: int):
+    body = {"v": 1, "sensor_id": "s", "ts": ts, "seq": 0, "temperature": 1}
+    reading = parse_payload(json.dumps(body).encode(), "s")
+    assert reading.ts == ts
+    year = dt.datetime.fromtimestamp(ts / 1000, dt.UTC).year
+    assert year in (2000, 2099)
