@@ -41,10 +41,8 @@ class Endpoint:
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION)
         )
-        kwargs: dict[str, Any] = {
-            "region_name": region,
-            "config": Config(retries={"mode": "standard", "max_attempts": 5}, **config),
-        }
+        config.setdefault("retries", {"mode": "standard", "max_attempts": 5})
+        kwargs: dict[str, Any] = {"region_name": region, "config": Config(**config)}
         if self.url:
             kwargs["endpoint_url"] = self.url
         if self.is_local:

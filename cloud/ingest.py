@@ -254,7 +254,18 @@ class Ingest:
             raise RuntimeError("Ingest.run may be called once per Ingest")
         s = self.settings
         self.stats = IngestStats()
-        ddb = self._ddb if self._ddb is not None else s.endpoint.client("dynamodb")
+        # One attempt per call, bounded in time: ingest retries by itself, and each attempt
+        # must land well inside an export's settle window (see _flush).
+        ddb = (
+            self._ddb
+            if self._ddb is not None
+            else s.endpoint.client(
+                "dynamodb",
+                retries={"total_max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=5,
+            )
+        )
         dead = DeadLetterFile(s.dead_letter)
         network = threading.Thread(target=self._network, name="ingest-mqtt", daemon=True)
         log.info(
@@ -349,6 +360,14 @@ class Ingest:
         table = self.settings.table
         pending: list[dict[str, Any]] = [{"PutRequest": {"Item": i}} for i in batch.items.values()]
         while pending:
+            # ReceivedAt is the time of the attempt that writes the item, not of its
+            # arrival: an export's watermark (cloud/export.py, settle) trusts that an item
+            # is in the table within seconds of its ReceivedAt, whatever throttling came
+            # before. An attempt that timed out but landed is rewritten with a later stamp,
+            # so an export in between may take that row twice; never miss it.
+            now_ms = str(int(time.time() * 1000))
+            for request in pending:
+                request["PutRequest"]["Item"]["ReceivedAt"] = {"N": now_ms}
             try:
                 answer = ddb.batch_write_item(RequestItems={table: pending})
             except ClientError as exc:

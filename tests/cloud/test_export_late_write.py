@@ -2,9 +2,8 @@
 
 ingest stamps ReceivedAt when it takes a message, and retries a throttled BatchWriteItem
 without a deadline; an export that runs meanwhile moves the watermark past that stamp with a
-reading received later, and the late write is then never exported. The fix is in
-cloud/ingest.py (stamp ReceivedAt at the attempt that succeeds), so until it lands this test
-is a strict xfail: it fails now, and the marker must go when it passes.
+reading received later, and the late write is then never exported. ingest now stamps
+ReceivedAt at each write attempt (cloud/ingest.py, _flush).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
@@ -47,11 +45,6 @@ class ExportWhileThrottled:
         return dict(self.real.batch_write_item(**kwargs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs cloud/ingest.py to stamp ReceivedAt at the write attempt that succeeds "
-    "(issue 12, item 5)",
-)
 def test_a_reading_written_after_retries_is_in_the_next_export(
     ingest_settings: IngestSettings,
     run_ingest: Any,
