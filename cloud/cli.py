@@ -100,6 +100,9 @@ def main(verbose: bool) -> None:
     # matplotlib logs "generated new fontManager" at INFO on a first run: a stray line.
     for noisy in ("botocore", "boto3", "urllib3", "paho", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # ... and "Matplotlib is building the font cache" as a WARNING when that is slow: a
+    # one-time note, not a problem, that would precede a command's one error line.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 
 # -- the local stack ----------------------------------------------------------------------
