@@ -133,7 +133,8 @@ def test_status_reports_stack_endpoint_table_and_each_devices_last_reading(
     for device in (quiet, busy):
         provision_device(aws, tmp_path, device, outputs["IotPolicyName"])
     ddb = aws.client("dynamodb")
-    for seq, ts in enumerate((1000, 3000, 2000)):
+    base = 1_764_345_600_000
+    for seq, ts in enumerate((base + 1000, base + 3000, base + 2000)):
         body = f'{{"v":1,"sensor_id":"{busy}","ts":{ts},"seq":{seq},"temperature":{seq}.5}}'
         ddb.put_item(
             TableName=outputs["TableName"], Item=to_item(f"sensors/{busy}/data", body.encode())
@@ -149,7 +150,7 @@ def test_status_reports_stack_endpoint_table_and_each_devices_last_reading(
     assert set(status.last_readings) == {quiet, busy}
     assert status.last_readings[quiet] is None
     newest = status.last_readings[busy]
-    assert newest is not None and (newest.time_ms, newest.seq) == (3000, 1)
+    assert newest is not None and (newest.time_ms, newest.seq) == (base + 3000, 1)
     assert aws_status(aws, stack_name, exact_count=True).item_count == 3
 
     absent = aws_status(aws, f"{stack_name}-absent")
