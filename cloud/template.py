@@ -1,7 +1,8 @@
 """The AWS side as one CloudFormation template, built from the project's own definitions.
 
 `build()` returns the template as a dict: the SensorData table, the devices' IoT policy, the
-topic rule (its SQL from `cloud.rule.rule_sql()`), the rule's role, the exports and Athena
+topic rule (its SQL from `cloud.rule.rule_sql()`) and the rule that keeps what it refuses
+(`cloud.rule.rejected_rule_sql()`), the rules' role, the exports and Athena
 results buckets, the Glue catalog tables over the export layout (`cloud.layout`) and an
 Athena workgroup. `render()` turns it into YAML; the committed file
 `cloud/cloudformation/sensor-pipeline.yaml` is exactly that text, so the file works with
@@ -24,19 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from cloud import layout
-from cloud.rule import TOPIC_FILTER, rule_sql
+from cloud.rule import TOPIC_FILTER, rejected_rule_sql, rule_sql
 from cloud.table import ATTRIBUTES, KEY_SCHEMA
 from device.payload import data_topic, status_topic
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "cloudformation" / "sensor-pipeline.yaml"
 DESCRIPTION = (
-    "sensor-pipeline: SensorData table, AWS IoT policy and topic rule, exports and Athena "
+    "sensor-pipeline: SensorData table, AWS IoT policy and topic rules, exports and Athena "
     "results buckets, Glue catalog and Athena workgroup"
 )
 SQL_VERSION = "2016-03-23"
-#: Where the topic rule's error action keeps messages it could not write (exports bucket).
-#: Outside the data prefixes of `cloud.layout`, so no Athena table ever reads them.
+#: Where the topic rule's error action keeps messages it could not write (exports bucket),
+#: and the rejected-readings rule the messages it refused. Outside the data prefixes of
+#: `cloud.layout`, so no Athena table ever reads them.
 RULE_ERRORS_PREFIX = "_rule-errors/"
+#: The rejected-readings rule is named after the topic rule, with this suffix.
+REJECTED_RULE_SUFFIX = "_rejected"
 ATHENA_RESULTS_PREFIX = "results/"
 #: Partition projection on `dt` starts here; readings before it are not seen by Athena.
 PROJECTION_START = "2020-01-01"
@@ -80,8 +84,12 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "TopicRuleName": {
         "Type": "String",
         "Default": "",
-        "AllowedPattern": "^$|^[a-zA-Z0-9_]{1,128}$",
-        "Description": "IoT topic rule name [<stack name>_sensor_data, '-' as '_']",
+        # 128 characters at most in all, with REJECTED_RULE_SUFFIX for the second rule.
+        "AllowedPattern": "^$|^[a-zA-Z0-9_]{1,119}$",
+        "Description": (
+            "IoT topic rule name [<stack name>_sensor_data, '-' as '_']; the rule keeping "
+            "refused readings is named <this>_rejected"
+        ),
     },
     "GlueDatabaseName": {
         "Type": "String",
@@ -165,6 +173,15 @@ def _name(parameter: str, default: Any) -> dict[str, Any]:
 def _underscored(text: str) -> dict[str, Any]:
     """`text` (an Fn::Sub string) with '-' as '_': rule and Glue names allow no '-'."""
     return {"Fn::Join": ["_", {"Fn::Split": ["-", _sub(text)]}]}
+
+
+def _rule_arn(name: Any) -> dict[str, Any]:
+    return {
+        "Fn::Sub": [
+            "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:rule/${RuleName}",
+            {"RuleName": name},
+        ]
+    }
 
 
 def _topic_arn(topic: str) -> dict[str, Any]:
@@ -340,6 +357,7 @@ def build() -> dict[str, Any]:
     # Each name is one expression, used by its resource and by its Output alike (an Output
     # of `Ref` would do on AWS, but moto returns no usable Ref for several of these types).
     rule_name = _name("TopicRuleName", _underscored("${AWS::StackName}-sensor-data"))
+    rejected_rule_name = {"Fn::Join": ["", [rule_name, REJECTED_RULE_SUFFIX]]}
     policy_name = _name("IotPolicyName", _sub("${AWS::StackName}-device"))
     database_name = _name("GlueDatabaseName", _underscored("${AWS::StackName}-sensors"))
     workgroup_name = _name("WorkGroupName", _sub("${AWS::StackName}"))
@@ -375,7 +393,10 @@ def build() -> dict[str, Any]:
         "TopicRuleRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
-                "Description": "Lets the sensor-data topic rule write readings and keep failures",
+                "Description": (
+                    "Lets the sensor-data topic rules write readings and keep failures "
+                    "and refused messages"
+                ),
                 "AssumeRolePolicyDocument": {
                     "Version": "2012-10-17",
                     "Statement": [
@@ -383,17 +404,14 @@ def build() -> dict[str, Any]:
                             "Effect": "Allow",
                             "Principal": {"Service": "iot.amazonaws.com"},
                             "Action": "sts:AssumeRole",
-                            # Only our own rule may use this role (confused deputy).
+                            # Only our own rules may use this role (confused deputy).
                             "Condition": {
                                 "StringEquals": {"aws:SourceAccount": _ref("AWS::AccountId")},
                                 "ArnLike": {
-                                    "aws:SourceArn": {
-                                        "Fn::Sub": [
-                                            "arn:${AWS::Partition}:iot:${AWS::Region}:"
-                                            "${AWS::AccountId}:rule/${RuleName}",
-                                            {"RuleName": rule_name},
-                                        ]
-                                    }
+                                    "aws:SourceArn": [
+                                        _rule_arn(rule_name),
+                                        _rule_arn(rejected_rule_name),
+                                    ]
                                 },
                             },
                         }
@@ -412,8 +430,9 @@ def build() -> dict[str, Any]:
                                     "Resource": _arn("SensorDataTable"),
                                 },
                                 {
-                                    # The error action's only right: add objects under
-                                    # its own prefix of the exports bucket.
+                                    # The error action's and the rejected-readings rule's
+                                    # only right: add objects under their prefix of the
+                                    # exports bucket.
                                     "Sid": "KeepFailedMessages",
                                     "Effect": "Allow",
                                     "Action": "s3:PutObject",
@@ -452,6 +471,32 @@ def build() -> dict[str, Any]:
                             "RoleArn": _arn("TopicRuleRole"),
                         }
                     },
+                },
+            },
+        },
+        # What the first rule's WHERE refuses is no error to AWS IoT (the rule just does not
+        # match), so its error action never sees it. This rule matches exactly those messages
+        # (NOT of the same checks) and keeps each beside the failed writes, with the check it
+        # failed and its payload in base64: AWS's counterpart of `cloud ingest`'s dead letters.
+        "RejectedReadingsTopicRule": {
+            "Type": "AWS::IoT::TopicRule",
+            "Properties": {
+                "RuleName": rejected_rule_name,
+                "TopicRulePayload": {
+                    "Description": f"Messages on {TOPIC_FILTER} that are not payload v1 readings",
+                    "Sql": rejected_rule_sql(),
+                    "AwsIotSqlVersion": SQL_VERSION,
+                    "RuleDisabled": False,
+                    "Actions": [
+                        {
+                            "S3": {
+                                "BucketName": _ref("ExportsBucket"),
+                                "Key": RULE_ERRORS_PREFIX
+                                + "${topic(2)}/rejected-${timestamp()}-${newuuid()}",
+                                "RoleArn": _arn("TopicRuleRole"),
+                            }
+                        }
+                    ],
                 },
             },
         },

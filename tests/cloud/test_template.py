@@ -21,14 +21,14 @@ import yaml
 
 from cloud import layout, template
 from cloud.aws import Endpoint
-from cloud.rule import COLUMNS, TOPIC_FILTER, rule_sql, to_item
+from cloud.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
 from cloud.table import KEY_SCHEMA
-from device.payload import PayloadError
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 THING = "${iot:Connection.Thing.ThingName}"
 ACCOUNT, REGION = "123456789012", "us-east-1"
 STACK = "sp-test"
+RULES = ("SensorDataTopicRule", "RejectedReadingsTopicRule")
 PHYSICAL = {
     "SensorDataTable": f"{STACK}-SensorData",
     "ExportsBucket": "sp-test-exports",
@@ -114,10 +114,11 @@ def test_rule_role_may_only_put_items_and_keep_failed_messages():
     props = resolver().resource("TopicRuleRole")
     trust = statements(props["AssumeRolePolicyDocument"])
     assert [s["Principal"] for s in trust] == [{"Service": "iot.amazonaws.com"}]
-    rule_name = resolver().resource("SensorDataTopicRule")["RuleName"]
-    assert trust[0]["Condition"]["ArnLike"]["aws:SourceArn"] == (
-        f"arn:aws:iot:{REGION}:{ACCOUNT}:rule/{rule_name}"
-    )
+    rules = [resolver().resource(r)["RuleName"] for r in RULES]
+    assert rules == ["sp_test_sensor_data", "sp_test_sensor_data_rejected"]
+    assert trust[0]["Condition"]["ArnLike"]["aws:SourceArn"] == [
+        f"arn:aws:iot:{REGION}:{ACCOUNT}:rule/{name}" for name in rules
+    ]
     granted = [s for policy in props["Policies"] for s in statements(policy["PolicyDocument"])]
     actions = [a for s in granted for a in as_list(s["Action"])]
     resources = [r for s in granted for r in as_list(s["Resource"])]
@@ -245,24 +246,48 @@ def test_the_templates_rule_sql_is_the_rule_definition():
     assert error["Key"].startswith(template.RULE_ERRORS_PREFIX)
 
 
-_SQL = re.compile(r"^SELECT (?P<select>.+) FROM '(?P<filter>[^']+)' WHERE (?P<where>.+)$")
+def test_what_the_rule_refuses_is_kept_beside_what_it_failed_to_write(aws: Endpoint):
+    """A message the WHERE refuses is no error to AWS IoT, so the error action never sees it:
+    the second rule matches NOT (the same checks) and writes where the error action does."""
+    payload = resolver().resource("RejectedReadingsTopicRule")["TopicRulePayload"]
+    assert payload["Sql"] == rejected_rule_sql()
+    assert payload["Sql"].endswith(f"WHERE NOT ({rule_sql().split(' WHERE ', 1)[1]})")
+    assert payload["AwsIotSqlVersion"] == template.SQL_VERSION
+    ((action,),) = [list(a.values()) for a in payload["Actions"]]
+    error = resolver().resource("SensorDataTopicRule")["TopicRulePayload"]["ErrorAction"]["S3"]
+    assert action["BucketName"] == error["BucketName"] == PHYSICAL["ExportsBucket"]
+    assert action["RoleArn"] == error["RoleArn"]
+    assert action["Key"].startswith(template.RULE_ERRORS_PREFIX + "${topic(2)}/rejected-")
+    assert action["Key"] != error["Key"]
+    # botocore checks the payload against the IoT API model before moto sees it.
+    name = f"t_{uuid.uuid4().hex[:12]}{template.REJECTED_RULE_SUFFIX}"
+    iot = aws.client("iot")
+    iot.create_topic_rule(ruleName=name, topicRulePayload=api_shape(payload))
+    stored = iot.get_topic_rule(ruleName=name)["rule"]
+    assert stored["sql"] == rejected_rule_sql()
+    assert stored["actions"][0]["s3"]["bucketName"] == PHYSICAL["ExportsBucket"]
 
 
-def evaluate_rule(sql: str, topic: str, payload: dict[str, Any], now_ms: int) -> dict | None:
-    """The rule's SELECT over one message, as AWS IoT SQL 2016-03-23 evaluates the subset it
-    uses (fields by name, topic(n), timestamp(), `WHERE field = literal`), typed the way the
-    DynamoDBv2 action writes attributes. None when the rule does not fire."""
+_SQL = re.compile(r"^SELECT (?P<select>.+?) FROM '(?P<filter>[^']+)' WHERE (?P<where>.+)$")
+
+
+def topic_matches(sql: str, topic: str) -> bool:
     parsed = _SQL.match(sql)
-    assert parsed, f"the evaluator cannot read {sql!r}"
-    levels = parsed["filter"].split("/")
+    assert parsed, f"cannot read {sql!r}"
+    levels, parts = parsed["filter"].split("/"), topic.split("/")
+    return len(levels) == len(parts) and all(
+        f in ("+", p) for f, p in zip(levels, parts, strict=True)
+    )
+
+
+def select_item(sql: str, topic: str, payload: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """The rule's SELECT over one message it matches, as AWS IoT SQL 2016-03-23 evaluates the
+    subset it uses (fields by name, topic(n), timestamp()), typed the way the DynamoDBv2
+    action writes attributes. Which messages match (the WHERE) is tested in
+    tests/cloud/test_rule_checks.py, clause by clause."""
+    parsed = _SQL.match(sql)
+    assert parsed, f"cannot read {sql!r}"
     parts = topic.split("/")
-    if len(levels) != len(parts) or any(
-        f not in ("+", p) for f, p in zip(levels, parts, strict=True)
-    ):
-        return None
-    field, literal = parsed["where"].split(" = ")
-    if payload.get(field) != json.loads(literal):
-        return None
     item: dict[str, Any] = {}
     for column in parsed["select"].split(", "):
         expr, alias = column.split(" AS ")
@@ -296,7 +321,6 @@ PAYLOADS = {
         "pressure": 1013.2,
     },
     "whole-number": {"v": 1, "sensor_id": "s-1", "ts": 1764345600125, "seq": 0, "temperature": 21},
-    "other-version": {"v": 2, "sensor_id": "s-1", "ts": 1764345600126, "seq": 1, "temperature": 2},
 }
 
 
@@ -319,18 +343,13 @@ def test_rule_as_moto_stores_it_has_our_sql_and_maps_payloads_as_ingest_does(aws
 
     topic = "sensors/s-1/data"
     now = 1764345700000
+    assert topic_matches(stored["sql"], topic)
+    assert not topic_matches(stored["sql"], "sensors/s-1/status")
     for label, body in PAYLOADS.items():
-        by_rule = evaluate_rule(stored["sql"], topic, body, now)
-        try:
-            by_ingest = to_item(topic, json.dumps(body).encode(), received_ms=now)
-        except PayloadError:
-            by_ingest = None
-        if by_rule is None or by_ingest is None:
-            assert by_rule is None and by_ingest is None, label
-            continue
+        by_rule = select_item(stored["sql"], topic, body, now)
+        by_ingest = to_item(topic, json.dumps(body).encode(), received_ms=now)
         assert set(by_ingest) == set(by_rule), label
         assert {k: next(iter(v)) for k, v in by_ingest.items()} == {
             k: next(iter(v)) for k, v in by_rule.items()
         }, f"{label}: attribute types differ"
         assert as_values(by_ingest) == as_values(by_rule), label
-    assert evaluate_rule(stored["sql"], "sensors/s-1/status", PAYLOADS["minimal"], now) is None
