@@ -8,6 +8,7 @@ and (the rule) by creating it through moto's IoT API from the template's own pay
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from cloud.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_it
 from cloud.table import KEY_SCHEMA
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+#: Where `make lint` installs checkov (a venv of its own: its pins clash with the project's).
+CHECKOV = Path(sys.executable).parent.parent / "lint-tools" / "bin" / "checkov"
 THING = "${iot:Connection.Thing.ThingName}"
 ACCOUNT, REGION = "123456789012", "us-east-1"
 STACK = "sp-test"
@@ -75,6 +78,34 @@ def test_cfn_lint_passes_on_the_committed_template():
         [str(CFN_LINT), str(template.TEMPLATE_PATH)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not CHECKOV.exists(), reason=f"no {CHECKOV}: `make lint` installs it")
+def test_checkov_finds_nothing_but_the_findings_the_template_skips_with_a_reason():
+    env = {k: v for k, v in os.environ.items() if k not in ("BC_API_KEY", "PRISMA_API_URL")}
+    env |= {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "true"}  # offline
+    offline = ["--skip-download", "--skip-results-upload"]
+    command = [str(CHECKOV), "--framework", "cloudformation", *offline, "-o", "json", "-f"]
+    done = subprocess.run(
+        [*command, str(template.TEMPLATE_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    report = json.loads(done.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == [] and done.returncode == 0, failed
+    assert report["summary"]["passed"] >= 25 and report["summary"]["parsing_errors"] == 0
+    skipped = {
+        (c["check_id"], c["resource"].split(".")[-1], c["check_result"]["suppress_comment"])
+        for c in report["results"]["skipped_checks"]
+    }
+    assert skipped == {
+        (check, resource, reason)
+        for resource, skips in template.SCANNER_SKIPS.items()
+        for check, reason in skips.items()
+    }
 
 
 def test_committed_template_is_what_the_code_builds():
