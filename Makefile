@@ -12,7 +12,7 @@ help:
 	@echo "make demo        run the local pipeline end to end (sets itself up)"
 	@echo "make test        create the venv, install what is missing, run every test"
 	@echo "make test-quick  the same without the slow fault-injection tests"
-	@echo "make lint        ruff and mypy --strict"
+	@echo "make lint        ruff, mypy --strict, cfn-lint and checkov"
 	@echo "make bench       the benchmarks in bench/"
 
 # Mosquitto (the local broker), NATS (the tests' broker of MQTT 3.1.1 only), Node.js (the
