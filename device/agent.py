@@ -327,11 +327,12 @@ class Agent:
             self._forget_delivered(new=len(self._delivered) - before)
 
     def _forget_delivered(self, new: int) -> None:
-        # PUBACKed (ts None) without receipts, or confirmed by a receipt (with its ts).
+        # PUBACKed (ts None) without receipts, or confirmed by a receipt (with its ts; the
+        # receipt was matched against the outbox when it came, see _handle).
         confirmed = {seq: ts for seq, ts in self._delivered.items() if ts is not None}
         try:
             if confirmed:
-                self.summary.acknowledged += self.outbox.confirm(confirmed)
+                self.summary.acknowledged += self.outbox.remove(confirmed)
                 for seq in confirmed:
                     del self._delivered[seq]
             self.summary.acknowledged += self.outbox.remove(self._delivered)

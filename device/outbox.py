@@ -301,10 +301,6 @@ class Outbox:
             if json.loads(payload).get("ts") == readings[seq]
         }
 
-    def confirm(self, readings: Mapping[int, int]) -> int:
-        """Forget the readings a receipt names ({seq: ts}) whose ts matches; return how many."""
-        return self.remove(self.matching(readings))
-
     def remove(self, seqs: Iterable[int]) -> int:
         """Forget delivered readings; return how many were here. Losing this write to a
         crash only means a resend."""
