@@ -37,13 +37,16 @@ from cloud.local.supervisor import PartSpec, PartStatus, SupervisorStatus
 from cloud.local_ca import Identity, LocalCA, certs_dir, private_folder
 from cloud.revocation import ensure_crl, reissue_device_local
 
+# Where the state file is and its version are a contract with the agent, which reads it
+# without importing this package: its home is the agent's side.
+from device.local_stack import STATE_FILE, STATE_VERSION
+
 PREFERRED_MQTT_PORT = 8883
 PREFERRED_TABLE_PORT = 4567  # dynalite's own default
 INGEST_IDENTITY = "ingest"
 BROKER_IDENTITY = "local-broker"
 #: Start order; `down` stops them the other way round.
 PARTS = ("table", "mosquitto", "ingest")
-STATE_VERSION = 2
 _NEEDLES = {
     "moto": "moto.server",  # the first stack's table, see cloud.local.upgrade
     "table": "serve.js",
@@ -54,7 +57,7 @@ _NEEDLES = {
 
 
 def state_dir(root: Path) -> Path:
-    return root / "var" / "local"
+    return root / STATE_FILE.parent
 
 
 def supervisor_status_path(root: Path) -> Path:
@@ -97,7 +100,7 @@ class StackState:
 
     @property
     def path(self) -> Path:
-        return state_dir(Path(self.root)) / "stack.json"
+        return Path(self.root) / STATE_FILE
 
     @property
     def data(self) -> Path:
@@ -151,7 +154,7 @@ class StackState:
     @classmethod
     def load(cls, root: Path) -> StackState | None:
         """The settings, or None if there are none (or only an old version's: see upgrade)."""
-        path = state_dir(root) / "stack.json"
+        path = root / STATE_FILE
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
