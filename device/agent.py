@@ -6,6 +6,7 @@ or soon after a reconnect (a broker that crashed lost what it held).
 
 One thread runs this loop; the transport's network thread only reports back (acks,
 receipts, failures, connection changes) through a queue, so all outbox writes happen here.
+A simulated fleet runs many agents, and their transports, on one thread (device.fleet).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Agent:
         self._next_clock_check = 0.0
         self.summary = Summary(config.sensor_id)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        #: Called after each event is queued: a driver of many agents wakes this one.
+        self.on_event: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
         self._clock = clock
         self._topic = data_topic(config.sensor_id)
@@ -98,11 +101,11 @@ class Agent:
         self._transport = transport_factory(
             config,
             Callbacks(
-                on_ack=lambda token: self._events.put(("ack", token)),
-                on_failed=lambda token: self._events.put(("failed", token)),
-                on_connection=lambda up, why: self._events.put(("connection", (up, why))),
-                on_fatal=lambda why: self._events.put(("fatal", why)),
-                on_receipt=lambda confirmed: self._events.put(("receipt", confirmed)),
+                on_ack=lambda token: self._post("ack", token),
+                on_failed=lambda token: self._post("failed", token),
+                on_connection=lambda up, why: self._post("connection", (up, why)),
+                on_fatal=lambda why: self._post("fatal", why),
+                on_receipt=lambda confirmed: self._post("receipt", confirmed),
             ),
         )
         self._connected = False
@@ -121,6 +124,12 @@ class Agent:
         self._delivered: dict[int, int | None] = {}  # seq -> ts (None: PUBACK) to forget
         self._hold_until = 0.0  # after a refused delivery, wait before sending again
         self._hold_backoff = Backoff(initial=0.2, cap=5.0)
+        self._next_read = 0.0
+        self._flush_deadline: float | None = None
+
+    def _post(self, event: str, value: Any) -> None:
+        self._events.put((event, value))
+        self.on_event()
 
     @property
     def held(self) -> int:
@@ -137,66 +146,81 @@ class Agent:
     def stop(self) -> None:
         """Stop taking readings and flush; safe from a signal handler or another thread."""
         self._stopping.set()
-        self._events.put(("wake", None))
+        self._post("wake", None)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> Summary:
         """Run until --count readings are acknowledged, or until stop(); return the tally."""
-        cfg = self.config
+        self.begin()
+        try:
+            while (wait := self.step()) is not None:
+                self.handle_events(wait)
+        finally:
+            self.end()
+        return self.summary
+
+    # One turn of the loop at a time, for a driver that runs many agents on one thread
+    # (device.fleet): begin(), then step() and handle_events(0) whenever woken, then end().
+
+    def begin(self) -> None:
+        """Start connecting; readings the outbox kept from an earlier run are sent first."""
         backlog = len(self.outbox)
         if backlog:
-            log.info("%d reading(s) from an earlier run wait in %s", backlog, cfg.outbox)
+            log.info("%d reading(s) from an earlier run wait in %s", backlog, self.config.outbox)
         self._transport.start()
-        next_read = self._clock()
-        flush_deadline: float | None = None
-        try:
-            while True:
-                now = self._clock()
-                if self._stopping.is_set() and flush_deadline is None:
-                    flush_deadline = now + cfg.flush_timeout
-                    self._release_held(force=True)  # into the outbox: nothing is lost
-                self._wall.check_jump()
-                if self._held:
-                    self._release_held()
-                producing = flush_deadline is None and (
-                    cfg.count is None or self._produced < cfg.count
-                )
-                if producing and now >= next_read:
-                    self._take_readings()
-                    next_read = max(next_read + cfg.interval, now) if cfg.interval else now
-                self._expire_unconfirmed(now)
-                self._fill_window()
-                if not producing and len(self.outbox) == 0 and not self._held:
-                    break  # everything produced is acknowledged
-                if flush_deadline is not None and now >= flush_deadline:
-                    log.warning(
-                        "flush timeout: %d reading(s) stay in %s for the next run",
-                        len(self.outbox),
-                        cfg.outbox,
-                    )
-                    break
-                self._check_offline_limit(now)
-                if producing and cfg.interval == 0:
-                    wait = 0.0 if self._unsent() < cfg.inflight else 0.5
-                elif producing:
-                    wait = max(0.0, next_read - now)
-                else:
-                    wait = 0.5
-                if flush_deadline is not None:
-                    wait = min(wait, max(0.0, flush_deadline - now))
-                self._handle_events(wait)
-        finally:
-            self._release_held(force=True)
-            self._transport.stop(timeout=5.0)
-            self._handle_events(0)
-            self.summary.clock_jumps = self._wall.backward_jumps
-            self.summary.buffered = len(self.outbox)
-            # Plus any batch an outbox write error lost, counted as it happened.
-            self.summary.dropped += self.outbox.dropped - self._dropped_at_start
-            self.outbox.close()
-            self.sensor.close()
-        return self.summary
+        self._next_read = self._clock()
+
+    def step(self) -> float | None:
+        """Read, store and send what is due; return the seconds until the next turn is
+        due (events may wake it sooner), or None once the agent is done."""
+        cfg = self.config
+        now = self._clock()
+        if self._stopping.is_set() and self._flush_deadline is None:
+            self._flush_deadline = now + cfg.flush_timeout
+            self._release_held(force=True)  # into the outbox: nothing is lost
+        self._wall.check_jump()
+        if self._held:
+            self._release_held()
+        producing = self._flush_deadline is None and (
+            cfg.count is None or self._produced < cfg.count
+        )
+        if producing and now >= self._next_read:
+            self._take_readings()
+            self._next_read = max(self._next_read + cfg.interval, now) if cfg.interval else now
+        self._expire_unconfirmed(now)
+        self._fill_window()
+        if not producing and len(self.outbox) == 0 and not self._held:
+            return None  # everything produced is acknowledged
+        if self._flush_deadline is not None and now >= self._flush_deadline:
+            log.warning(
+                "flush timeout: %d reading(s) stay in %s for the next run",
+                len(self.outbox),
+                cfg.outbox,
+            )
+            return None
+        self._check_offline_limit(now)
+        if producing and cfg.interval == 0:
+            wait = 0.0 if self._unsent() < cfg.inflight else 0.5
+        elif producing:
+            wait = max(0.0, self._next_read - now)
+        else:
+            wait = 0.5
+        if self._flush_deadline is not None:
+            wait = min(wait, max(0.0, self._flush_deadline - now))
+        return wait
+
+    def end(self) -> None:
+        """Keep what is unsent, disconnect (publishing `offline`), close the outbox."""
+        self._release_held(force=True)
+        self._transport.stop(timeout=5.0)
+        self.handle_events(0)
+        self.summary.clock_jumps = self._wall.backward_jumps
+        self.summary.buffered = len(self.outbox)
+        # Plus any batch an outbox write error lost, counted as it happened.
+        self.summary.dropped += self.outbox.dropped - self._dropped_at_start
+        self.outbox.close()
+        self.sensor.close()
 
     def _unsent(self) -> int:
         return len(self.outbox) - len(self._inflight) - len(self._unconfirmed)
@@ -314,7 +338,8 @@ class Agent:
             self.summary.published += 1
             self._transport.publish(self._topic, payload, self.config.qos, seq)
 
-    def _handle_events(self, wait: float) -> None:
+    def handle_events(self, wait: float) -> None:
+        """Handle what the transport reported, waiting up to `wait` seconds for the first."""
         before = len(self._delivered)
         try:
             event, value = self._events.get(timeout=wait) if wait > 0 else self._events.get_nowait()

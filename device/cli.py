@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,9 @@ from device.config import (
 )
 from device.errors import AgentError
 
+if TYPE_CHECKING:
+    from device.fleet import Fleet
+
 log = logging.getLogger("device")
 
 
@@ -37,9 +40,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger("paho").setLevel(logging.WARNING)
 
 
-def run_agents(agents: list[Agent]) -> list[Summary]:
-    """Run agents on worker threads and print each one's tally; SIGINT/SIGTERM stop them
-    cleanly (they flush first).
+def run_agents(agents: list[Agent], fleet: Fleet | None = None) -> list[Summary]:
+    """Run agents, each on a thread of its own or all of them on `fleet`'s, and print each
+    one's tally; SIGINT/SIGTERM stop them cleanly (they flush first).
 
     The main thread only waits, so the signal handler never interrupts an agent mid-write.
     """
@@ -51,16 +54,28 @@ def run_agents(agents: list[Agent]) -> list[Summary]:
         except BaseException as exc:
             results[i] = exc
 
+    def drive(fleet: Fleet) -> None:
+        try:
+            found = fleet.run()
+        except BaseException as exc:
+            results[:] = [exc] * len(agents)
+            return
+        for i, agent in enumerate(agents):
+            results[i] = found.get(agent.config.sensor_id, RuntimeError("not run"))
+
     def on_signal(signum: int, frame: object) -> None:
         log.info("%s: flushing and stopping", signal.Signals(signum).name)
         for agent in agents:
             agent.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    threads = [
-        threading.Thread(target=work, args=(i,), name=a.config.sensor_id)
-        for i, a in enumerate(agents)
-    ]
+    if fleet is None:
+        threads = [
+            threading.Thread(target=work, args=(i,), name=a.config.sensor_id)
+            for i, a in enumerate(agents)
+        ]
+    else:
+        threads = [threading.Thread(target=drive, args=(fleet,), name="fleet")]
     try:
         for t in threads:
             t.start()
@@ -310,27 +325,37 @@ def simulate(
     agents: list[Agent] = []
     ids = [f"{prefix}{n}" for n in range(1, devices + 1)]
     stack = _local_stack(ids)
+    configs = []
+    for device_id in ids:
+        per_device = dict(flags, sensor="simulated")
+        if flags.get("broker") and not flags.get("cert"):
+            folder = (certs_dir or Path("certs")) / device_id
+            per_device.update(
+                cert=folder / "cert.pem", key=folder / "key.pem", ca=folder / "ca.pem"
+            )
+        if outbox_dir is not None:
+            per_device["outbox"] = outbox_dir / f"{device_id}.outbox.sqlite"
+        configs.append(build_config(device_id, config_file, per_device, stack))
+    # paho devices share one thread (device.fleet); the AWS IoT SDK runs loops of its own.
+    fleet: Fleet | None = None
     try:
-        for device_id in ids:
-            per_device = dict(flags, sensor="simulated")
-            if flags.get("broker") and not flags.get("cert"):
-                folder = (certs_dir or Path("certs")) / device_id
-                per_device.update(
-                    cert=folder / "cert.pem", key=folder / "key.pem", ca=folder / "ca.pem"
-                )
-            if outbox_dir is not None:
-                per_device["outbox"] = outbox_dir / f"{device_id}.outbox.sqlite"
-            agents.append(Agent(build_config(device_id, config_file, per_device, stack)))
+        if all(c.transport == "paho" for c in configs):
+            from device.fleet import Fleet, raise_open_files_limit
+
+            raise_open_files_limit(devices)
+            fleet = Fleet(devices)
+        for config in configs:
+            if fleet is None:
+                agents.append(Agent(config))
+            else:
+                agents.append(Agent(config, transport_factory=fleet.transport))
+                fleet.add(agents[-1])
     except AgentError as exc:
         for agent in agents:
             agent.close()
         raise click.ClickException(str(exc)) from None
-    except click.ClickException:
-        for agent in agents:
-            agent.close()
-        raise
     log.info("%d simulated devices -> %s", devices, agents[0].config.broker)
-    summaries = run_agents(agents)
+    summaries = run_agents(agents, fleet)
     total = Summary(f"{devices} devices")
     for s in summaries:
         total.published += s.published

@@ -14,7 +14,9 @@ errors worth retrying from those that are not.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import resource
 import ssl
 import threading
 
@@ -162,59 +164,79 @@ class PahoTransport:
         )
 
     def _run(self) -> None:
-        broker = self._config.broker
         while not self._stop.is_set():
-            try:
-                self._connect()
-            except ssl.SSLCertVerificationError as exc:
-                self._callbacks.on_fatal(
-                    f"broker {broker}: its certificate failed verification against "
-                    f"{self._config.tls.ca if self._config.tls else 'the system CAs'} "
-                    f"({exc.verify_message}); check --ca and the broker's host name"
-                )
-                return
-            except ssl.SSLError as exc:
-                # A handshake the broker aborted: most often our certificate is not
-                # trusted there (revoked, another CA, expired). Retry: it may be a blip.
-                self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
-                continue
-            except (TimeoutError, OSError) as exc:
-                self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
-                continue
-            self._connacked = False
-            self._socket_error = None
-            rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
-            # No socket: paho closed it after writing our DISCONNECT (stop()); a loop
-            # without one would only log an error.
-            while not self._stop.is_set() and self._client.socket() is not None:
-                rc = self._client.loop(timeout=0.5)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-            if self._stop.is_set() or self._closing:
-                pass
-            elif self._fall_back:
-                self._fall_back = False
-                self._client = self._make_client()  # at once: the broker answered
-            elif broker.tls and not self._connacked:
-                # TLS 1.3: the client's handshake completes before the broker checks our
-                # certificate; its refusal only shows on the first read.
-                self._lost(
-                    f"TLS handshake with {broker} failed ({self._socket_error or 'closed'}): "
-                    "the broker refused the connection before accepting it; most often it "
-                    "does not trust this device's certificate (revoked, expired, another CA)"
-                )
-            else:
-                self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
+            delay = self._open()
+            if delay is None:
+                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+                # No socket: paho closed it after writing our DISCONNECT (stop()); a loop
+                # without one would only log an error.
+                while not self._stop.is_set() and self._client.socket() is not None:
+                    rc = self._client.loop(timeout=0.5)
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                delay = self._closed(rc)
+            self._stop.wait(delay)
         # Let the DISCONNECT we queued in stop() go out, unless it has (paho closes the
         # socket once it is written, and logs an error for a loop without one).
         if self._client.socket() is not None:
             self._client.loop(timeout=0.1)
 
-    def _lost(self, reason: str) -> None:
+    # The steps of the loop, shared with device.fleet's loop of many transports.
+
+    def _open(self) -> float | None:
+        """Connect: TCP, the TLS handshake, CONNECT queued. None once done; else the
+        seconds to wait before the next try (after a fatal error `_stop` is set)."""
+        broker = self._config.broker
+        try:
+            self._connect()
+        except ssl.SSLCertVerificationError as exc:
+            self._callbacks.on_fatal(
+                f"broker {broker}: its certificate failed verification against "
+                f"{self._config.tls.ca if self._config.tls else 'the system CAs'} "
+                f"({exc.verify_message}); check --ca and the broker's host name"
+            )
+            self._stop.set()
+            return 0.0
+        except ssl.SSLError as exc:
+            # A handshake the broker aborted: most often our certificate is not
+            # trusted there (revoked, another CA, expired). Retry: it may be a blip.
+            return self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
+        except (TimeoutError, OSError) as exc:
+            if exc.errno == errno.EMFILE:
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                return self._lost(
+                    f"cannot connect to {broker}: this process is out of file descriptors "
+                    f"(ulimit -n is {soft}; raise it, or run fewer devices per process)"
+                )
+            return self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
+        self._connacked = False
+        self._socket_error = None
+        return None
+
+    def _closed(self, rc: MQTTErrorCode) -> float:
+        """The connection is gone (paho's `rc` says how): the seconds until the next try."""
+        broker = self._config.broker
+        if self._stop.is_set() or self._closing:
+            return 0.0
+        if self._fall_back:
+            self._fall_back = False
+            self._client = self._make_client()  # at once: the broker answered
+            return 0.0
+        if broker.tls and not self._connacked:
+            # TLS 1.3: the client's handshake completes before the broker checks our
+            # certificate; its refusal only shows on the first read.
+            return self._lost(
+                f"TLS handshake with {broker} failed ({self._socket_error or 'closed'}): "
+                "the broker refused the connection before accepting it; most often it "
+                "does not trust this device's certificate (revoked, expired, another CA)"
+            )
+        return self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
+
+    def _lost(self, reason: str) -> float:
         self._callbacks.on_connection(False, reason)
         delay = self._backoff.next_delay()
         log.info("%s; retrying in %.1fs", reason, delay)
-        self._stop.wait(delay)
+        return delay
 
     # -- paho's callbacks, on the network thread -------------------------------------------
 
