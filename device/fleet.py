@@ -218,9 +218,7 @@ class Loop:
             self._wake_w.send(b"\0")
 
     def connect_soon(self, transport: FleetTransport, delay: float) -> None:
-        heapq.heappush(
-            self._to_connect, (time.monotonic() + delay, next(self._order), transport)
-        )
+        heapq.heappush(self._to_connect, (time.monotonic() + delay, next(self._order), transport))
 
     def want_write(self, transport: FleetTransport, writing: bool) -> None:
         entry = self._sockets.get(transport)
@@ -322,9 +320,7 @@ class Loop:
     def _start_connects(self) -> None:
         now = time.monotonic()
         while (
-            self._to_connect
-            and self._to_connect[0][0] <= now
-            and self._connecting < self._workers
+            self._to_connect and self._to_connect[0][0] <= now and self._connecting < self._workers
         ):
             _, _, transport = heapq.heappop(self._to_connect)
             if transport._stop.is_set():

@@ -8,6 +8,7 @@ sized for the ingest path. The tests and `cloud local up` use the same config.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,9 @@ MAX_INFLIGHT_MESSAGES = 1000
 #: topic (sensors/ and an id of up to 128 characters) and MQTT 5's properties. A bigger one
 #: ends the sender's connection, before it costs the broker's memory or anyone's disk.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 1024
+#: Open files the broker may hold (one per connection, plus its own): room for a fleet of
+#: thousands when the system allows it.
+MAX_OPEN_FILES = 65536
 
 
 #: What a client of the plaintext listener may do: read readings and statuses, for a
@@ -86,6 +90,8 @@ class MosquittoConfig:
             "max_queued_bytes 0",
             f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
             f"max_packet_size {MAX_PACKET_BYTES}",
+            # Readings are small packets: send each at once rather than wait for more.
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -146,6 +152,16 @@ def mosquitto_binary() -> str:
     return found
 
 
+def _allow_open_files() -> None:
+    """Raise this process's soft limit on open files to its hard one (at most
+    MAX_OPEN_FILES): a shell's or systemd's default of 1024 would cap the broker at about a
+    thousand connections, and clients past it see refusals that look like TLS errors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 class Mosquitto:
     """One broker process: start it, wait until it listens, stop or kill it."""
 
@@ -156,6 +172,7 @@ class Mosquitto:
     def start(self, timeout: float = 15.0) -> None:
         binary = mosquitto_binary()
         self.config.write()
+        _allow_open_files()  # inherited by the broker: a connection is a descriptor
         with self.config.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [binary, "-c", str(self.config.conf_path)],

@@ -228,7 +228,8 @@ class PahoTransport:
             return self._lost(
                 f"TLS handshake with {broker} failed ({self._socket_error or 'closed'}): "
                 "the broker refused the connection before accepting it; most often it "
-                "does not trust this device's certificate (revoked, expired, another CA)"
+                "does not trust this device's certificate (revoked, expired, another CA), "
+                "else it is out of connections or open files (the broker's log says which)"
             )
         return self._lost(f"connection to {broker} lost ({mqtt.error_string(rc)})")
 
