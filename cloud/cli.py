@@ -554,6 +554,12 @@ def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str 
     show_default=True,
     help="MQTT protocol (auto: 5, or 3.1.1 if the broker speaks only that).",
 )
+@click.option(
+    "--writers",
+    type=int,
+    help="BatchWriteItem calls to keep in flight, 1 to 10 [4]; acks and receipts still "
+    "follow the order the readings came in.",
+)
 @target_options
 @reports_errors
 def ingest(
@@ -562,6 +568,7 @@ def ingest(
     share_group: str | None,
     ready_file: Path | None,
     mqtt_version: str,
+    writers: int | None,
     target: str | None,
     endpoint_url: str | None,
 ) -> None:
@@ -596,6 +603,7 @@ def ingest(
         client_id=client_id,
         share_group=share_group,
         mqtt_version=mqtt_version,
+        writers=IngestSettings.writers if writers is None else writers,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

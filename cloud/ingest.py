@@ -18,6 +18,15 @@ keepalives. PUBACKs are handed back to the network thread to send: with our own 
 writes to the socket from whichever thread calls it, and an SSL socket must not be read and
 written from two threads at once.
 
+Writes: the worker thread checks and batches messages, and hands each full batch to one of
+`writers` threads (4 by default), so several BatchWriteItem calls are in flight while it
+fills the next batch (measured in bench/ingest.py: with one, the worker spent about 90% of its
+time waiting on the call). Whatever order the writes finish in, the worker releases batches
+in the order it took them: a batch's receipts and acks go out only once it and every batch
+before it are written. So PUBACKs keep the order the messages came in (MQTT asks for that),
+a redelivered reading whose first copy is still being written waits for that write instead
+of being written again, and a write given up on shutdown holds back everything after it.
+
 Shared subscription and persistent session, as measured on Mosquitto 2.0.11:
 - a sole member of `$share/<group>/...` that is offline still gets every message queued
   in its session, and receives them when it reconnects with the same client id;
@@ -40,6 +49,8 @@ import ssl
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +88,8 @@ MAX_BATCH = 25
 #: goes by ReceivedAt, does not take it twice. About 15 MB at this size.
 RECENT_KEYS = 100_000
 KEEPALIVE_SECONDS = 30
+#: BatchWriteItem calls in flight at most: botocore's connection pool holds 10.
+MAX_WRITERS = 10
 #: How long the network thread sleeps in select() at most: the latency a PUBACK can wait.
 _LOOP_SECONDS = 0.01
 #: Errors DynamoDB answers when it is busy, not when the request is wrong.
@@ -133,10 +146,13 @@ class IngestSettings:
     # maximum (paho's inflight window bounds nothing incoming), no shared subscriptions and
     # no "session taken over" reason: a second ingest with our client id goes unnoticed.
     mqtt_version: str = "auto"
+    writers: int = 4  # BatchWriteItem calls in flight at most (see the module doc)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ConfigError(f"batch_size {self.batch_size}: use 1 to {MAX_BATCH}")
+        if not 1 <= self.writers <= MAX_WRITERS:
+            raise ConfigError(f"writers {self.writers}: use 1 to {MAX_WRITERS}")
         if self.batch_seconds <= 0:
             raise ConfigError(f"batch_seconds {self.batch_seconds}: must be > 0")
         if not 1 <= self.receive_maximum <= 65_535:
@@ -212,6 +228,24 @@ class _Batch:
         self.confirmed.setdefault(key[0], set()).add(reading)
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    done: bool  # False: given up because ingest is stopping; nothing of it is acknowledged
+    retries: int
+
+
+_Write = tuple[_Batch, Future[_Written]]  # a batch handed to a writer, and how it went
+
+
+def table_client(endpoint: Endpoint) -> Any:
+    """The client ingest writes with, shared by its writer threads (boto3 clients are
+    thread-safe). One attempt per call, bounded in time: ingest retries by itself, and each
+    attempt must land well inside an export's settle window (see Ingest._write)."""
+    return endpoint.client(
+        "dynamodb", retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5
+    )
+
+
 class Ingest:
     """One bridge process. `run` blocks until `stop` is set or a fatal error."""
 
@@ -232,11 +266,16 @@ class Ingest:
         # turning into minutes between attempts.
         self._write_backoff = write_backoff or Backoff(initial=0.05, cap=5.0)
         self._connect_backoff = connect_backoff or Backoff()
-        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        # None: a write finished (wakes the worker to release it).
+        self._inbox: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()
         self._acks: deque[_Message] = deque()  # deque append/popleft are thread-safe
         self._receipts: deque[tuple[str, list[tuple[int, int]]]] = deque()  # (sensor, [(seq, ts)])
         self._receipt_refused = False
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()  # oldest first
+        self._writing: set[tuple[str, str]] = set()  # keys of batches not released yet
+        self._held = False  # a write was given up: no later batch may be acknowledged
+        self._halt = threading.Event()  # writers stop retrying: stopping, or failed
+        self._backoff_lock = threading.Lock()  # the write backoff is shared by the writers
         self._connection = 0  # bumped by the network thread when a connection is lost
         self._closing = threading.Event()
         self._fatal: str | None = None
@@ -254,22 +293,12 @@ class Ingest:
             raise RuntimeError("Ingest.run may be called once per Ingest")
         s = self.settings
         self.stats = IngestStats()
-        # One attempt per call, bounded in time: ingest retries by itself, and each attempt
-        # must land well inside an export's settle window (see _flush).
-        ddb = (
-            self._ddb
-            if self._ddb is not None
-            else s.endpoint.client(
-                "dynamodb",
-                retries={"total_max_attempts": 1},
-                connect_timeout=2,
-                read_timeout=5,
-            )
-        )
+        ddb = self._ddb if self._ddb is not None else table_client(s.endpoint)
         dead = DeadLetterFile(s.dead_letter)
         network = threading.Thread(target=self._network, name="ingest-mqtt", daemon=True)
         log.info(
-            "ingest: %s:%d %s -> table %s (client id %s, batch %d / %.2gs, receive maximum %d)",
+            "ingest: %s:%d %s -> table %s (client id %s, batch %d / %.2gs, %d writer(s), "
+            "receive maximum %d)",
             s.host,
             s.port,
             s.topic,
@@ -277,6 +306,7 @@ class Ingest:
             s.client_id,
             s.batch_size,
             s.batch_seconds,
+            s.writers,
             s.receive_maximum,
         )
         network.start()
@@ -292,7 +322,19 @@ class Ingest:
         return self.stats
 
     def _work(self, stop: threading.Event, ddb: DynamoWriter, dead: DeadLetterFile) -> None:
+        pool = ThreadPoolExecutor(self.settings.writers, thread_name_prefix="ingest-write")
+        try:
+            self._work_with(pool, stop, ddb, dead)
+        finally:
+            # Writers retrying stop at their next wait; one in a call finishes it (bounded).
+            self._halt.set()
+            pool.shutdown(wait=True)
+
+    def _work_with(
+        self, pool: Executor, stop: threading.Event, ddb: DynamoWriter, dead: DeadLetterFile
+    ) -> None:
         s = self.settings
+        writes: deque[_Write] = deque()  # not released yet, in the order they were taken
         batch = _Batch()
         next_report = time.monotonic() + s.report_every
         reported = (time.monotonic(), 0)
@@ -302,32 +344,40 @@ class Ingest:
             if batch.messages:
                 wait = min(wait, batch.deadline - now)
             try:
-                message: _Message | None = self._inbox.get(timeout=max(wait, 0.0))
+                message = self._inbox.get(timeout=max(wait, 0.0))
             except queue.Empty:
                 message = None
             if message is not None:
                 self._take(message, batch, dead)
+            self._release(writes)
             now = time.monotonic()
             if len(batch.items) >= s.batch_size or (batch.messages and now >= batch.deadline):
-                self._flush(batch, ddb, stop)
+                self._submit(batch, pool, ddb, writes, stop)
                 batch = _Batch()
             if now >= next_report:
                 reported = self._report(reported)
                 next_report = now + s.report_every
+        # A write retrying now gives up at its next wait, as the one in flight always did.
+        self._halt.set()
         if self._fatal is not None:
             return
         # What the broker already handed us is in memory: write it now rather than have
         # it all sent again next time.
         while True:
             try:
-                self._take(self._inbox.get_nowait(), batch, dead)
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if message is None:
+                continue
+            self._take(message, batch, dead)
             if len(batch.items) >= s.batch_size:
-                self._flush(batch, ddb, stop)
+                self._submit(batch, pool, ddb, writes, stop)
                 batch = _Batch()
         if batch.messages:
-            self._flush(batch, ddb, stop)
+            self._submit(batch, pool, ddb, writes, stop)
+        wait_futures([future for _, future in writes])
+        self._release(writes)
         log.info("%s", self.stats.line())
 
     def _take(self, message: _Message, batch: _Batch, dead: DeadLetterFile) -> None:
@@ -347,18 +397,74 @@ class Ingest:
         if not batch.messages:
             batch.deadline = time.monotonic() + self.settings.batch_seconds
         key = (item["SensorId"]["S"], item["CurrentTime"]["N"])
-        if key in batch.items or key in self._recent:
+        if key in batch.items or key in self._recent or key in self._writing:
             # BatchWriteItem refuses two puts of one key in a request, and one write of
-            # the reading is all a redelivery needs.
+            # the reading is all a redelivery needs. One whose first copy is still being
+            # written is released after that write (batches are released in order).
             self.stats.duplicates += 1
             batch.add_written(key, item, message)
         else:
             batch.add(key, item, message)
 
-    def _flush(self, batch: _Batch, ddb: DynamoWriter, stop: threading.Event) -> None:
-        """Write the batch, then queue its acks; give up unacked only when stopping."""
+    def _submit(
+        self,
+        batch: _Batch,
+        pool: Executor,
+        ddb: DynamoWriter,
+        writes: deque[_Write],
+        stop: threading.Event,
+    ) -> None:
+        """Hand the batch to a writer, once one is free; finished writes are released
+        meanwhile, so acks keep flowing while the table is slow."""
+        while True:
+            busy = [future for _, future in writes if not future.done()]
+            if len(busy) < self.settings.writers:
+                break
+            wait_futures(busy, timeout=0.1, return_when=FIRST_COMPLETED)
+            if stop.is_set() or self._fatal is not None:
+                self._halt.set()
+            self._release(writes)
+        future: Future[_Written]
+        if batch.items:
+            self._writing.update(batch.items)
+            future = pool.submit(self._write, batch, ddb)
+            future.add_done_callback(lambda _: self._inbox.put(None))
+        else:  # only readings already written or being written: nothing to write
+            future = Future()
+            future.set_result(_Written(done=True, retries=0))
+        writes.append((batch, future))
+
+    def _release(self, writes: deque[_Write]) -> None:
+        """Queue the receipts and acks of the finished writes at the head of `writes`, in
+        the order the batches were taken; re-raise a write's StoreError."""
+        while writes and writes[0][1].done():
+            batch, future = writes.popleft()
+            self._writing.difference_update(batch.items)
+            written = future.result()
+            self.stats.retries += written.retries
+            if not written.done and not self._held:
+                self._held = True
+                log.warning(
+                    "stopping with %d reading(s) unwritten; neither they nor any taken after "
+                    "them are acknowledged, so the broker sends them again next time",
+                    len(batch.messages),
+                )
+            if self._held:
+                continue
+            if batch.items:
+                self.stats.batches += 1
+                self.stats.written += len(batch.items)
+            self._remember(batch.items)
+            if self.settings.receipts:
+                self._receipts.extend((id_, sorted(r)) for id_, r in batch.confirmed.items())
+            self._acks.extend(batch.messages)  # after their receipts: see _network
+
+    def _write(self, batch: _Batch, ddb: DynamoWriter) -> _Written:
+        """On a writer thread: write the batch, retrying what the table can take later;
+        give up only when ingest is stopping."""
         table = self.settings.table
         pending: list[dict[str, Any]] = [{"PutRequest": {"Item": i}} for i in batch.items.values()]
+        retries = 0
         while pending:
             # ReceivedAt is the time of the attempt that writes the item, not of its
             # arrival: an export's watermark (cloud/export.py, settle) trusts that an item
@@ -384,24 +490,15 @@ class Ingest:
                 if not pending:
                     break
                 why = f"{len(pending)} unprocessed item(s)"
-            self.stats.retries += 1
-            delay = self._write_backoff.next_delay()
+            retries += 1
+            with self._backoff_lock:
+                delay = self._write_backoff.next_delay()
             log.info("BatchWriteItem on %s: %s; retrying in %.2fs", table, why, delay)
-            if stop.wait(delay):
-                log.warning(
-                    "stopping with %d reading(s) unwritten; not acknowledged, so the broker "
-                    "sends them again next time",
-                    len(batch.messages),
-                )
-                return
-        self._write_backoff.reset()
-        if batch.items:
-            self.stats.batches += 1
-            self.stats.written += len(batch.items)
-        self._remember(batch.items)
-        if self.settings.receipts:
-            self._receipts.extend((sensor, sorted(r)) for sensor, r in batch.confirmed.items())
-        self._acks.extend(batch.messages)  # after their receipts: see _network
+            if self._halt.wait(delay):
+                return _Written(done=False, retries=retries)
+        with self._backoff_lock:
+            self._write_backoff.reset()
+        return _Written(done=True, retries=retries)
 
     def _remember(self, written: dict[tuple[str, str], dict[str, Any]]) -> None:
         self._recent.update(dict.fromkeys(written))
