@@ -13,7 +13,7 @@ help:
 	@echo "make test        create the venv, install what is missing, run every test"
 	@echo "make test-quick  the same without the slow fault-injection tests"
 	@echo "make lint        ruff, mypy --strict, cfn-lint and checkov"
-	@echo "make bench       the benchmarks in bench/"
+	@echo "make bench       the benchmarks in bench/ (BENCH=--quick: small sizes)"
 
 # Mosquitto (the local broker), NATS (the tests' broker of MQTT 3.1.1 only), Node.js (the
 # local table engine) and venv support, from the distribution, only where missing.
@@ -96,11 +96,17 @@ demo: setup
 	$(BIN)/cloud query --report summary; \
 	$(BIN)/cloud plot --id sensor-1 --id sensor-2 --id sensor-3 --out temperature.png
 
+# Every stage against its baseline; `make bench BENCH=--quick` runs each at a small size.
+BENCH ?=
 bench: setup
-	$(PY) bench/agent_publish.py
-	$(PY) bench/receipts.py
-	$(PY) bench/agent_footprint.py
-	$(PY) bench/table_load.py
+	$(PY) bench/agent_publish.py $(BENCH)
+	$(PY) bench/receipts.py $(BENCH)
+	$(PY) bench/agent_footprint.py $(BENCH)
+	$(PY) bench/ingest.py $(BENCH)
+	$(PY) bench/table_load.py $(BENCH)
+	$(PY) bench/export_scan.py $(BENCH)
+	$(PY) bench/query_report.py $(BENCH)
+	$(PY) bench/fleet.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

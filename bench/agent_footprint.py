@@ -211,7 +211,10 @@ def measure(rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds [5]")
+    parser.add_argument("--quick", action="store_true", help="2 rounds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = 2
     try:
         measure(args.rounds)
     except (BenchError, subprocess.SubprocessError) as exc:

@@ -603,7 +603,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=20_000, help="messages per run [20000]")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each side [3]")
+    parser.add_argument("--quick", action="store_true", help="5000 messages, 2 rounds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.messages, args.rounds = 5000, 2
     if args.messages < 1 or args.rounds < 1:
         parser.error("--messages and --rounds must be at least 1")
     return args

@@ -89,7 +89,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readings", type=int, default=2000, help="per device [2000]")
     parser.add_argument("--rounds", type=int, default=3, help="[3]")
+    parser.add_argument("--quick", action="store_true", help="500 readings, 2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.readings, args.rounds = 500, 2
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="bench-receipts-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)
