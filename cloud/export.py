@@ -632,7 +632,10 @@ class _ParquetWriter:
         part.rows_in_file = 0
         # zstd: smaller than snappy at a similar speed, and Athena and DuckDB read both.
         part.writer = self._pq.ParquetWriter(
-            str(self.sink.open(part.key).path), self.schema, compression="zstd"
+            str(self.sink.open(part.key).path),
+            self.schema,
+            compression="zstd",
+            **layout.parquet_writer_options(),
         )
 
     def _finish(self, part: _Partition) -> None:
