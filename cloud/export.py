@@ -130,7 +130,6 @@ METHODS = ("scan", "native")
 NATIVE = "native"  # the manifest area of --method native
 NATIVE_DIR = "AWSDynamoDB"  # chosen by DynamoDB, not by us
 ROWS_PER_FILE = 500_000
-PAGE_SIZE = 1_000
 ROW_GROUP_ROWS = 100_000
 SETTLE_SECONDS = 10.0
 MAX_SEGMENTS = 1_000_000  # DynamoDB's limit on TotalSegments
@@ -159,10 +158,12 @@ class ExportSpec:
     rows_per_file: int = ROWS_PER_FILE
     row_group_rows: int = ROW_GROUP_ROWS
     settle_seconds: float = SETTLE_SECONDS
-    # Scan's Limit. A 1 MB page holds ~10k of our small items, ~25 MB once boto3 has made
-    # them Python dicts; 1,000 keeps each page in flight to a few MB. DynamoDB bills a Scan by
-    # the data read, not by request, so smaller pages cost only round trips. None: 1 MB.
-    page_size: int | None = PAGE_SIZE
+    # Scan's Limit; None: the engine's own pages, 1 MB of items (~14k of ours). Smaller pages
+    # add requests, and moto walks the whole table on each: 1,000-item pages halved the
+    # export's rate there. The price is memory: boto3 needs some 60 MB to parse a 1 MB page,
+    # so 4 segments peak at ~300-380 MiB (a raw 4-segment Scan: ~290), against ~120-160 MiB
+    # with 1,000-item pages; bounded by the segments (see ParallelScan), not the table.
+    page_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.destination:
@@ -672,17 +673,21 @@ class _Message:
 
 
 class ParallelScan:
-    """Scan segments on worker threads, pages handed over through a bounded queue.
+    """Scan segments on worker threads, pages handed over through a queue.
 
-    The queue holds one page per segment, and a worker waits while it is full, so at most
-    2 x segments + 1 pages are in memory however large the table: the scan runs at the
-    writer's pace."""
+    A worker takes a credit before it asks for a page, and the page keeps it until the
+    writer has taken the page after it; there are segments + 1 credits, so at most that many
+    pages are in memory (in flight, queued, or being written) however large the table. That
+    is enough for every segment to have a request in flight while the writer works, and the
+    scan runs at the writer's pace. A page is at most 1 MB of items, some 20 MB once boto3
+    has made them Python dicts (and about three times that while it parses one)."""
 
     def __init__(self, ddb: Any, request: dict[str, Any], segments: int) -> None:
         self.ddb = ddb
         self.request = request
         self.segments = segments
-        self._queue: queue.Queue[_Message] = queue.Queue(maxsize=segments)
+        self._credits = threading.BoundedSemaphore(segments + 1)
+        self._queue: queue.Queue[_Message] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, args=(s,), name=f"scan-{s}", daemon=True)
@@ -700,46 +705,51 @@ class ParallelScan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        while any(t.is_alive() for t in self._threads):
-            with contextlib.suppress(queue.Empty):  # unblock workers waiting on a full queue
-                self._queue.get(timeout=0.05)
+        self._stop.set()  # workers waiting for a credit see it within 0.1 s
         for thread in self._threads:
             thread.join()
 
-    def _put(self, message: _Message) -> None:
+    def _take_credit(self) -> bool:
         while not self._stop.is_set():
-            try:
-                self._queue.put(message, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+            if self._credits.acquire(timeout=0.1):
+                return True
+        return False
 
     def _work(self, segment: int) -> None:
         request = dict(self.request)
         if self.segments > 1:
             request.update(Segment=segment, TotalSegments=self.segments)
         try:
-            while not self._stop.is_set():
-                page = self.ddb.scan(**request)
-                self._put(_Message(page.get("Items", []), int(page.get("ScannedCount", 0))))
+            while self._take_credit():
+                try:
+                    page = self.ddb.scan(**request)
+                except BaseException:
+                    self._credits.release()
+                    raise
+                # The consumer gives the credit back once it is done with this page.
+                self._queue.put(_Message(page.get("Items", []), int(page.get("ScannedCount", 0))))
                 if "LastEvaluatedKey" not in page:
                     break
                 request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         except BaseException as exc:  # handed to the consuming thread, which raises it
-            self._put(_Message(error=exc))
+            self._queue.put(_Message(error=exc))
         finally:
-            self._put(_Message(done=True))
+            self._queue.put(_Message(done=True))
 
     def _pages(self) -> Iterator[tuple[list[dict[str, Any]], int]]:
         finished = 0
+        holding = False  # the credit of the page the writer has (or had) last
         while finished < self.segments:
             message = self._queue.get()
             if message.error is not None:
                 raise message.error
             if message.done:
                 finished += 1
-            elif message.items or message.scanned:
+                continue
+            if holding:  # the writer asked for this page, so it is done with the one before
+                self._credits.release()
+            holding = True
+            if message.items or message.scanned:
                 yield message.items, message.scanned
 
 

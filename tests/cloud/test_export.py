@@ -30,6 +30,7 @@ from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
 from cloud.export import (
     NOTHING_NEW,
+    Exporter,
     ExportError,
     ExportResult,
     ExportSpec,
@@ -38,6 +39,7 @@ from cloud.export import (
     run_export,
     terminal_progress,
 )
+from cloud.storage import open_destination
 from cloud.table import summarize
 from tests.cloud.conftest import scan_items
 
@@ -154,6 +156,27 @@ def test_datapipeline_to_folder_is_the_table_in_data_pipeline_shape(
     watermark = json.loads((tmp_path / "_manifests/datapipeline/watermark.json").read_text())
     assert watermark["received_at_ms"] == BASE_MS + 499 * 60_000 + 1_000
     assert result.line().startswith("exported 1,500 items in 4 file(s), ")
+
+
+def test_the_scan_reads_the_engines_own_pages_unless_given_a_page_size(
+    aws: Endpoint, table: str, tmp_path: Path
+) -> None:
+    # 2,400 items are one 1 MB page. 1,000-item pages made moto walk its table three times
+    # (it walks the whole table per request), and that halved the export's rate.
+    load(aws, table, make_items(sensors=4, per_sensor=600))
+
+    def scans(folder: str, **kwargs: Any) -> tuple[int, int]:
+        ddb = aws.client("dynamodb")
+        requests: list[str] = []
+        ddb.meta.events.register("after-call.dynamodb.Scan", lambda **_: requests.append(""))
+        spec = ExportSpec(str(tmp_path / folder), settle_seconds=0, **kwargs)
+        dest = open_destination(spec.destination, aws)
+        return Exporter(ddb, table, dest, spec).run().items, len(requests)
+
+    assert scans("default", segments=1) == (2400, 1)
+    assert scans("segments", segments=3) == (2400, 3)  # one page per segment
+    assert scans("small-pages", segments=1, page_size=1000) == (2400, 3)
+    assert len(data_lines(tmp_path / "small-pages")) == 2400
 
 
 def test_the_tutorials_sql_runs_on_the_export(aws: Endpoint, table: str, tmp_path: Path) -> None:
