@@ -45,7 +45,8 @@ from device.transport.paho import PahoTransport
 log = logging.getLogger(__name__)
 
 #: Handshakes in flight at once, per loop: enough to connect a thousand devices in seconds
-#: on loopback, few enough that the broker and this process never see a storm.
+#: on loopback, few enough that the broker and this process never see a storm. The pool
+#: queues the rest, in the order they became due.
 CONNECT_WORKERS = 2
 #: Devices per loop, and loops at most. Every reading costs its device's outbox an fsync
 #: (about a millisecond here), which one thread cannot do a thousand times a second on top
@@ -106,6 +107,11 @@ class FleetTransport(PahoTransport):
         if self._client.is_connected():
             self._client.publish(status_topic(self._config.sensor_id), b"offline", 1, True)
         self._client.disconnect()
+
+
+def _open_unless_stopped(transport: FleetTransport) -> float | None:
+    # On a pool thread; a device stopped while it waited there is not connected.
+    return 0.0 if transport._stop.is_set() else transport._open()
 
 
 @dataclass
@@ -181,7 +187,6 @@ class Loop:
 
     def __init__(self, connect_workers: int = CONNECT_WORKERS) -> None:
         self._selector = selectors.DefaultSelector()
-        self._workers = connect_workers
         self._pool = ThreadPoolExecutor(connect_workers, thread_name_prefix="connect")
         self._agents: list[Agent] = []
         self._turns = _Turns()
@@ -284,7 +289,7 @@ class Loop:
         turn = self._turns.next()
         if turn is not None:
             deadlines.append(turn)
-        if self._to_connect and self._connecting < self._workers:
+        if self._to_connect:
             deadlines.append(self._to_connect[0][0])
         if closing_until is not None:
             deadlines.append(closing_until)
@@ -318,15 +323,15 @@ class Loop:
             self.connect_soon(transport, delay)
 
     def _start_connects(self) -> None:
+        # Everything due goes to the pool at once: its threads take one after another
+        # without waiting for this loop, which may be busy with its devices' turns.
         now = time.monotonic()
-        while (
-            self._to_connect and self._to_connect[0][0] <= now and self._connecting < self._workers
-        ):
+        while self._to_connect and self._to_connect[0][0] <= now:
             _, _, transport = heapq.heappop(self._to_connect)
             if transport._stop.is_set():
                 continue
             self._connecting += 1
-            future = self._pool.submit(transport._open)
+            future = self._pool.submit(_open_unless_stopped, transport)
             future.add_done_callback(functools.partial(self._on_connected, transport))
 
     def _on_connected(self, transport: FleetTransport, future: Future[float | None]) -> None:
