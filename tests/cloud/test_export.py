@@ -35,6 +35,8 @@ from cloud.export import (
     ExportResult,
     ExportSpec,
     LineProgress,
+    datapipeline_line,
+    datapipeline_value,
     parquet_schema,
     run_export,
     terminal_progress,
@@ -580,3 +582,18 @@ def test_parquet_schema_follows_the_layout() -> None:
     assert [schema.field(c.name).nullable for c in layout.PARQUET_COLUMNS] == [
         c.nullable for c in layout.PARQUET_COLUMNS
     ]
+
+
+def test_a_datapipeline_line_is_what_json_would_write_for_every_attribute_kind():
+    item = {
+        "SensorId": {"S": 'caf\u00e9 "3"\n\\'},
+        "CurrentTime": {"N": "1764345600123"},
+        "Tags": {"SS": ["a", "b"]},
+        "Raw": {"B": b"\x00\xff"},
+        "Nested": {"M": {"ok": {"BOOL": True}, "none": {"NULL": True}}},
+        "List": {"L": [{"N": "1"}, {"S": "x"}]},
+    }
+    record = {name: datapipeline_value(value) for name, value in item.items()}
+    expected = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    assert datapipeline_line(item) == expected
+    assert json.loads(datapipeline_line(item))["SensorId"] == {"s": 'caf\u00e9 "3"\n\\'}
