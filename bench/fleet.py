@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,6 @@ from types import FrameType
 
 try:
     import psutil
-    from agent_publish import PeakRss
 
     from cloud.aws import Endpoint
     from cloud.local.ports import free_port
@@ -42,8 +42,10 @@ TABLE = "SensorData"
 #: Readings taken in the first seconds wait in outboxes while the fleet still connects;
 #: lag is counted from this seq on, once every device is up.
 STEADY_FROM_SEQ = 15
-#: The goal: readings reach the table this soon after they were taken, at p99.
+#: The goals: readings reach the table this soon after they were taken, at p99, and the
+#: devices keep at least this share of their 1 Hz.
 LAG_GOAL_S = 2.0
+RATE_GOAL = 0.95
 #: The threaded runner, run as the baseline: the simulator as it was before device.fleet.
 _THREADED = """
 import sys
@@ -83,7 +85,7 @@ class Run:
     exactly_once: bool
     lag_p50_s: float
     lag_p99_s: float
-    rate: float  # readings/s into the table while every device was up
+    rate: float  # readings/s the devices took, from STEADY_FROM_SEQ on (N at 1 Hz)
     rc: int
 
     @property
@@ -133,20 +135,22 @@ def simulate(
     proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     threads = 0
+    peaks: dict[int, int] = {}  # pid -> peak RSS bytes: the simulator and its processes
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         child = psutil.Process(proc.pid)
-        with PeakRss(proc.pid) as rss:
-            deadline = start + count + 120
-            while proc.poll() is None:
-                with contextlib.suppress(psutil.Error):
-                    threads = max(threads, child.num_threads())
-                    times = child.cpu_times()
-                    cpu = times.user + times.system
-                if time.perf_counter() > deadline:
-                    proc.kill()
-                    break
-                time.sleep(0.2)  # sampling the child's threads and CPU, not a wait
-            rc = proc.wait()
+        deadline = start + count + 120
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                family = [child, *child.children(recursive=True)]
+                threads = max(threads, sum(p.num_threads() for p in family))
+                for p in family:
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), _hwm(p.pid))
+            if time.perf_counter() > deadline:
+                proc.kill()
+                break
+            time.sleep(0.2)  # sampling the processes' threads and memory, not a wait
+        rc = proc.wait()
         wall = time.perf_counter() - start
     except BaseException:
         proc.kill()
@@ -154,15 +158,31 @@ def simulate(
         raise
     finally:
         log.close()
-    return rc, wall, float(cpu), rss.peak_bytes / 2**20, threads
+    # The simulator and every process it waited for (its fleet's children).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return rc, wall, cpu, sum(peaks.values()) / 2**20, threads
+
+
+def _hwm(pid: int) -> int:
+    """A process's peak RSS (VmHWM), as agent_publish.PeakRss reads it; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_bytes().splitlines():
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def table_check(url: str, prefix: str, n: int, count: int) -> tuple[int, bool, list[float], float]:
-    """(items, exactly once, steady-state lags s, steady rate/s) of this fleet's readings."""
+    """(items, exactly once, steady-state lags s, steady readings/s) of this fleet's
+    readings. The rate is each device's own (readings over the span of their `ts`, from
+    STEADY_FROM_SEQ on), summed: N at a kept 1 Hz, less when the simulator falls behind."""
     ddb = Endpoint(url).client("dynamodb")
     seqs: dict[str, list[int]] = {}
     lags: list[float] = []
-    received: list[int] = []
+    taken: dict[str, list[int]] = {}
     pages = ddb.get_paginator("scan").paginate(
         TableName=TABLE,
         FilterExpression="begins_with(SensorId, :p)",
@@ -170,16 +190,19 @@ def table_check(url: str, prefix: str, n: int, count: int) -> tuple[int, bool, l
     )
     for page in pages:
         for item in page["Items"]:
-            seq = int(item["Seq"]["N"])
-            seqs.setdefault(item["SensorId"]["S"], []).append(seq)
+            sensor, seq = item["SensorId"]["S"], int(item["Seq"]["N"])
+            seqs.setdefault(sensor, []).append(seq)
             if seq >= STEADY_FROM_SEQ and "ReceivedAt" in item:
-                at = int(item["ReceivedAt"]["N"])
-                lags.append((at - int(item["CurrentTime"]["N"])) / 1000)
-                received.append(at)
+                ts = int(item["CurrentTime"]["N"])
+                lags.append((int(item["ReceivedAt"]["N"]) - ts) / 1000)
+                taken.setdefault(sensor, []).append(ts)
     items = sum(len(v) for v in seqs.values())
     once = len(seqs) == n and all(sorted(v) == list(range(count)) for v in seqs.values())
-    span = (max(received) - min(received)) / 1000 if len(received) > 1 else 0.0
-    rate = len(received) / span if span > 0 else 0.0
+    rate = sum(
+        (len(ts) - 1) / ((max(ts) - min(ts)) / 1000)
+        for ts in taken.values()
+        if len(ts) > 1 and max(ts) > min(ts)
+    )
     return items, once, lags, rate
 
 
@@ -211,7 +234,7 @@ def provision(root: Path, prefix: str, n: int) -> None:
 def report(runs: list[Run]) -> None:
     print(
         f"{'runner':8} {'devices':>7} {'wall s':>7} {'readings':>15} {'once':>5} "
-        f"{'rows/s':>7} {'lag p50':>8} {'lag p99':>8} {'CPU s':>6} {'cores':>5} "
+        f"{'read/s':>7} {'lag p50':>8} {'lag p99':>8} {'CPU s':>6} {'cores':>5} "
         f"{'RSS MiB':>8} {'threads':>7}  broker/ingest/table CPU s"
     )
     for r in runs:
@@ -225,10 +248,15 @@ def report(runs: list[Run]) -> None:
     for r in runs:
         if r.runner != "fleet":
             continue
-        met = r.rc == 0 and r.exactly_once and r.lag_p99_s <= LAG_GOAL_S
+        met = (
+            r.rc == 0
+            and r.exactly_once
+            and r.lag_p99_s <= LAG_GOAL_S
+            and r.rate >= RATE_GOAL * r.devices
+        )
         print(
-            f"GOAL {r.devices} devices at 1 Hz, every reading in the table exactly once, "
-            f"p99 lag <= {LAG_GOAL_S:g} s: {'MET' if met else 'NOT MET'}"
+            f"GOAL {r.devices} devices at 1 Hz ({RATE_GOAL:.0%} of it kept), every reading in "
+            f"the table exactly once, p99 lag <= {LAG_GOAL_S:g} s: {'MET' if met else 'NOT MET'}"
         )
     base = {r.devices: r for r in runs if r.runner == "threads"}
     for r in runs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from device.config import (
     load_config,
 )
 from device.errors import AgentError
+from device.transport import Callbacks, Transport, make_transport
 
 if TYPE_CHECKING:
     from device.fleet import Fleet
@@ -95,6 +97,41 @@ def run_agents(agents: list[Agent], fleet: Fleet | None = None) -> list[Summary]
             raise click.ClickException(str(first))
         raise first
     return [r for r in results if isinstance(r, Summary)]
+
+
+def _agents(
+    configs: list[AgentConfig],
+    factory: Callable[[AgentConfig, Callbacks], Transport],
+) -> list[Agent]:
+    """An agent per config (each opens its outbox); none if one cannot be made."""
+    agents: list[Agent] = []
+    try:
+        for config in configs:
+            agents.append(Agent(config, transport_factory=factory))
+    except AgentError as exc:
+        for agent in agents:
+            agent.close()
+        raise click.ClickException(str(exc)) from None
+    return agents
+
+
+def _tallies(
+    configs: list[AgentConfig], results: dict[str, Summary | BaseException]
+) -> list[Summary]:
+    """run_agents' output for devices run elsewhere: each one's tally, then the first error."""
+    errors: list[BaseException] = []
+    summaries: list[Summary] = []
+    for config in configs:
+        outcome = results.get(config.sensor_id, AgentError("not run"))
+        if isinstance(outcome, Summary):
+            summaries.append(outcome)
+            click.echo(outcome.line())
+        else:
+            errors.append(outcome)
+            click.echo(f"{config.sensor_id}: {outcome}")
+    if errors:
+        raise click.ClickException(str(errors[0]))
+    return summaries
 
 
 def _local_stack(sensor_ids: list[str]) -> Callable[[str], dict[str, Any] | None]:
@@ -315,14 +352,14 @@ def simulate(
     quiet: bool,
     **flags: Any,
 ) -> None:
-    """Run N simulated devices in one process, each with its own identity and connection.
+    """Run N simulated devices, each with its own identity, connection and outbox.
 
-    As the tutorial's `for n in {1..10}` loop of mock sensors did; a summary line per device.
+    As the tutorial's `for n in {1..10}` loop of mock sensors did, in one process (a few
+    past 250 devices); a summary line per device.
     """
     setup_logging(verbose, quiet)
     if flags.get("qos") is not None:
         flags["qos"] = int(flags["qos"])
-    agents: list[Agent] = []
     ids = [f"{prefix}{n}" for n in range(1, devices + 1)]
     stack = _local_stack(ids)
     configs = []
@@ -336,26 +373,31 @@ def simulate(
         if outbox_dir is not None:
             per_device["outbox"] = outbox_dir / f"{device_id}.outbox.sqlite"
         configs.append(build_config(device_id, config_file, per_device, stack))
-    # paho devices share one thread (device.fleet); the AWS IoT SDK runs loops of its own.
-    fleet: Fleet | None = None
-    try:
-        if all(c.transport == "paho" for c in configs):
-            from device.fleet import Fleet, raise_open_files_limit
+    # paho devices share a few threads (device.fleet), and past DEVICES_PER_PROCESS a few
+    # processes; the AWS IoT SDK runs loops of its own.
+    if all(c.transport == "paho" for c in configs):
+        from device import fleet as fleets
 
-            raise_open_files_limit(devices)
-            fleet = Fleet(devices)
-        for config in configs:
-            if fleet is None:
-                agents.append(Agent(config))
-            else:
-                agents.append(Agent(config, transport_factory=fleet.transport))
-                fleet.add(agents[-1])
-    except AgentError as exc:
-        for agent in agents:
-            agent.close()
-        raise click.ClickException(str(exc)) from None
-    log.info("%d simulated devices -> %s", devices, agents[0].config.broker)
-    summaries = run_agents(agents, fleet)
+        try:
+            fleets.raise_open_files_limit(devices)
+        except AgentError as exc:
+            raise click.ClickException(str(exc)) from None
+        processes = min(os.cpu_count() or 1, math.ceil(devices / fleets.DEVICES_PER_PROCESS))
+        if processes > 1:
+            log.info("%d simulated devices in %d processes -> %s", devices, processes,
+                     configs[0].broker)  # fmt: skip
+            summaries = _tallies(configs, fleets.run_processes(configs, processes))
+        else:
+            fleet = fleets.Fleet(devices)
+            agents = _agents(configs, fleet.transport)
+            for agent in agents:
+                fleet.add(agent)
+            log.info("%d simulated devices -> %s", devices, configs[0].broker)
+            summaries = run_agents(agents, fleet)
+    else:
+        agents = _agents(configs, make_transport)
+        log.info("%d simulated devices -> %s", devices, configs[0].broker)
+        summaries = run_agents(agents)
     total = Summary(f"{devices} devices")
     for s in summaries:
         total.published += s.published

@@ -22,14 +22,18 @@ import heapq
 import itertools
 import logging
 import math
+import multiprocessing
+import os
 import resource
 import selectors
+import signal
 import socket
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -48,11 +52,13 @@ log = logging.getLogger(__name__)
 #: on loopback, few enough that the broker and this process never see a storm. The pool
 #: queues the rest, in the order they became due.
 CONNECT_WORKERS = 2
+#: Devices per process past which `simulate` runs several (see run_processes).
+DEVICES_PER_PROCESS = 250
 #: Devices per loop, and loops at most. Every reading costs its device's outbox an fsync
 #: (about a millisecond here), which one thread cannot do a thousand times a second on top
 #: of the MQTT work; fsync releases the GIL, so a few loops wait on the disk side by side.
-DEVICES_PER_LOOP = 250
-MAX_LOOPS = 4
+DEVICES_PER_LOOP = 125
+MAX_LOOPS = 8
 #: Descriptors a device holds: its socket and its SQLite outbox (database, -wal, -shm).
 FILES_PER_DEVICE = 4
 #: Descriptors beyond the devices': the interpreter, the poller, the pool, the log.
@@ -141,6 +147,80 @@ class _Turns:
         return self.heap[0][0] if self.heap else None
 
 
+def run_processes(configs: list[AgentConfig], processes: int) -> dict[str, Summary | BaseException]:
+    """Run the devices of `configs` in `processes` child processes, each a Fleet of its
+    share; each one's tally, or what stopped it, by id.
+
+    One interpreter runs Python on one core at a time (the GIL), and a thousand devices at
+    1 Hz need about a core of it (paho's packet handling, the outbox), besides what the
+    broker, ingest and the table need. SIGINT or SIGTERM here stops every child's devices,
+    which flush first as they always do.
+    """
+    context = multiprocessing.get_context("spawn")  # no threads or sockets inherited
+    shares = [configs[n::processes] for n in range(processes)]
+    pipes = [context.Pipe(duplex=False) for _ in shares]
+    children = [
+        context.Process(target=_child, args=(share, send), name=f"fleet-{n}", daemon=True)
+        for n, (share, (_, send)) in enumerate(zip(shares, pipes, strict=True))
+    ]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    results: dict[str, Summary | BaseException] = {}
+    try:
+        for child in children:
+            child.start()
+        for child, (receive, send) in zip(children, pipes, strict=True):
+            send.close()
+            try:
+                for sensor_id, outcome in receive.recv():
+                    results[sensor_id] = (
+                        outcome if isinstance(outcome, Summary) else AgentError(outcome)
+                    )
+            except EOFError:  # it died without a word: its devices keep their outboxes
+                child.join()
+                for config in shares[children.index(child)]:
+                    results.setdefault(
+                        config.sensor_id,
+                        AgentError(f"{child.name} exited with {child.exitcode}"),
+                    )
+            child.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return results
+
+
+def _child(configs: list[AgentConfig], send: Connection) -> None:
+    """A child of run_processes: its share of the fleet, the tallies back through `send`."""
+    fleet = Fleet(len(configs))
+    agents = []
+    outcomes: list[tuple[str, Summary | str]] = []
+    try:
+        for config in configs:
+            agents.append(Agent(config, transport_factory=fleet.transport))
+            fleet.add(agents[-1])
+    except AgentError as exc:
+        for agent in agents:
+            agent.close()
+        send.send([(c.sensor_id, str(exc)) for c in configs])
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for agent in agents:
+            agent.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    for sensor_id, result in fleet.run().items():
+        outcomes.append((sensor_id, result if isinstance(result, Summary) else str(result)))
+    send.send(outcomes)
+
+
 class Fleet:
     """Runs agents built with `transport_factory=fleet.transport` until each is done,
     spread over a few loops (threads)."""
@@ -196,6 +276,7 @@ class Loop:
         self._connecting = 0
         self._connected: deque[tuple[FleetTransport, float | None]] = deque()
         self._sockets: dict[FleetTransport, tuple[Any, bool]] = {}  # socket, writing?
+        self._to_write: set[FleetTransport] = set()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -227,12 +308,32 @@ class Loop:
 
     def want_write(self, transport: FleetTransport, writing: bool) -> None:
         entry = self._sockets.get(transport)
-        if entry is None or entry[1] == writing:
+        if entry is None:
             return  # not handed to the loop yet (connecting): it asks paho then
-        sock = entry[0]
+        if writing:
+            # Written at the end of this round: a loopback socket almost always takes it
+            # all at once, which saves two epoll_ctl calls and a wake-up per packet.
+            self._to_write.add(transport)
+        elif entry[1]:
+            self._watch_writable(transport, False)
+
+    def _watch_writable(self, transport: FleetTransport, writing: bool) -> None:
+        sock = self._sockets[transport][0]
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
         self._selector.modify(sock, events, transport)
         self._sockets[transport] = (sock, writing)
+
+    def _write_queued(self) -> None:
+        while self._to_write:
+            transport = self._to_write.pop()
+            entry = self._sockets.get(transport)
+            if entry is None or entry[1]:
+                continue  # gone, or waiting for the poller to say it is writable
+            client = transport._client
+            rc = client.loop_write()
+            if rc == _SUCCESS and client.socket() is not None and client.want_write():
+                self._watch_writable(transport, True)  # the socket's buffer is full
+            self._after_io(transport, rc)
 
     def forget(self, transport: FleetTransport) -> None:
         entry = self._sockets.pop(transport, None)
@@ -273,6 +374,7 @@ class Loop:
                 for key, agent in ready.items():
                     if key in live and not self._turn(agent):
                         live.discard(key)
+                self._write_queued()
         finally:
             for sock, _ in self._sockets.values():
                 sock.close()  # past CLOSE_TIMEOUT: the broker sends these devices' wills

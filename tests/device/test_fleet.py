@@ -14,9 +14,9 @@ import pytest
 
 from device import fleet as fleet_module
 from device.agent import Agent
-from device.config import load_config
+from device.config import AgentConfig, load_config
 from device.errors import AgentError
-from device.fleet import Fleet, raise_open_files_limit
+from device.fleet import Fleet, raise_open_files_limit, run_processes
 
 
 @contextlib.contextmanager
@@ -36,24 +36,27 @@ def high_descriptors() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def configs_for(ids: list[str], port: int, pki, tmp_path: Path, **flags) -> list[AgentConfig]:
+    configs = []
+    for device_id in ids:
+        ident = pki.device(device_id)
+        flags_here = {
+            "broker": f"mqtts://127.0.0.1:{port}",
+            "cert": ident.cert,
+            "key": ident.key,
+            "ca": ident.ca,
+            "outbox": tmp_path / f"{device_id}.sqlite",
+            "clock_wait": 0,
+            **flags,
+        }
+        configs.append(load_config(device_id, flags_here, environ={}))
+    return configs
+
+
 def fleet_of(ids: list[str], port: int, pki, tmp_path: Path, **flags) -> tuple[Fleet, list[Agent]]:
     fleet = Fleet(len(ids))
     agents = []
-    for device_id in ids:
-        ident = pki.device(device_id)
-        config = load_config(
-            device_id,
-            {
-                "broker": f"mqtts://127.0.0.1:{port}",
-                "cert": ident.cert,
-                "key": ident.key,
-                "ca": ident.ca,
-                "outbox": tmp_path / f"{device_id}.sqlite",
-                "clock_wait": 0,
-                **flags,
-            },
-            environ={},
-        )
+    for config in configs_for(ids, port, pki, tmp_path, **flags):
         agents.append(Agent(config, transport_factory=fleet.transport))
         fleet.add(agents[-1])
     return fleet, agents
@@ -109,3 +112,17 @@ def test_a_fleet_too_big_for_the_hard_limit_says_which_limit(monkeypatch):
     monkeypatch.setattr(fleet_module.resource, "getrlimit", lambda _: (1024, 1024))
     with pytest.raises(AgentError, match=r"1000 devices need about 4064 open files.*1024"):
         raise_open_files_limit(1000)
+
+
+def test_a_fleet_split_over_processes_delivers_every_reading(
+    shared_broker, subscribe, pki, device_id, tmp_path: Path
+):
+    sub = subscribe(shared_broker.config.port)
+    ids = [f"{device_id}-{n}" for n in range(1, 5)]
+    configs = configs_for(ids, shared_broker.config.port, pki, tmp_path, count=10, interval=0)
+
+    results = run_processes(configs, processes=2)
+
+    assert {i: r.acknowledged for i, r in results.items()} == dict.fromkeys(ids, 10)
+    for i in ids:
+        assert sorted({r["seq"] for r in sub.wait_readings(i, 10)}) == list(range(10))
