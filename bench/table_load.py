@@ -19,10 +19,12 @@ folder that is deleted at the end, also on failure, Ctrl-C or SIGTERM. Per engin
    - raw: plain boto3 `batch_write_item`, 25 prebuilt items per call (built by the same
      `to_item` beforehand, so the items are identical), UnprocessedItems resent at once.
    Both use the same client config (`cloud.aws.Endpoint.local(port).client("dynamodb")`)
-   and the same number of threads. Ingest writes from one thread, one BatchWriteItem in
-   flight, so the default is 1; `--threads N` models N ingest instances sharing the load
-   (one Ingest each, messages dealt round-robin as a shared subscription does), in one
-   process, so they share one GIL, which real ingest processes would not.
+   and `--threads` [1] threads a side. Each ingest instance keeps up to its `writers` (4)
+   BatchWriteItem calls in flight, so with one thread ours has four calls in flight
+   against raw's one: bench/ingest.py compares them at equal concurrency. `--threads N`
+   models N ingest instances sharing the load (one Ingest each, messages dealt
+   round-robin as a shared subscription does), in one process, so they share one GIL,
+   which real ingest processes would not.
 2. The full load: `--items` readings (10 sensors, one reading a second each, in the order a
    fleet sends them) into SensorData with our path alone, with its rate as it goes.
 3. Reads of that table: `query_readings(..., limit=100)` (what `cloud readings --id X
