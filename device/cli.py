@@ -25,7 +25,6 @@ from device.config import (
     load_config,
 )
 from device.errors import AgentError
-from device.transport import Callbacks, Transport, make_transport
 
 if TYPE_CHECKING:
     from device.fleet import Fleet
@@ -99,15 +98,12 @@ def run_agents(agents: list[Agent], fleet: Fleet | None = None) -> list[Summary]
     return [r for r in results if isinstance(r, Summary)]
 
 
-def _agents(
-    configs: list[AgentConfig],
-    factory: Callable[[AgentConfig, Callbacks], Transport],
-) -> list[Agent]:
+def _threaded_agents(configs: list[AgentConfig]) -> list[Agent]:
     """An agent per config (each opens its outbox); none if one cannot be made."""
     agents: list[Agent] = []
     try:
         for config in configs:
-            agents.append(Agent(config, transport_factory=factory))
+            agents.append(Agent(config))
     except AgentError as exc:
         for agent in agents:
             agent.close()
@@ -389,13 +385,14 @@ def simulate(
             summaries = _tallies(configs, fleets.run_processes(configs, processes))
         else:
             fleet = fleets.Fleet(devices)
-            agents = _agents(configs, fleet.transport)
-            for agent in agents:
-                fleet.add(agent)
+            try:
+                agents = fleet.agents_for(configs)
+            except AgentError as exc:
+                raise click.ClickException(str(exc)) from None
             log.info("%d simulated devices -> %s", devices, configs[0].broker)
             summaries = run_agents(agents, fleet)
     else:
-        agents = _agents(configs, make_transport)
+        agents = _threaded_agents(configs)
         log.info("%d simulated devices -> %s", devices, configs[0].broker)
         summaries = run_agents(agents)
     total = Summary(f"{devices} devices")

@@ -174,7 +174,7 @@ def run_processes(configs: list[AgentConfig], processes: int) -> dict[str, Summa
     try:
         for child in children:
             child.start()
-        for child, (receive, send) in zip(children, pipes, strict=True):
+        for child, share, (receive, send) in zip(children, shares, pipes, strict=True):
             send.close()
             try:
                 for sensor_id, outcome in receive.recv():
@@ -183,7 +183,7 @@ def run_processes(configs: list[AgentConfig], processes: int) -> dict[str, Summa
                     )
             except EOFError:  # it died without a word: its devices keep their outboxes
                 child.join()
-                for config in shares[children.index(child)]:
+                for config in share:
                     results.setdefault(
                         config.sensor_id,
                         AgentError(f"{child.name} exited with {child.exitcode}"),
@@ -198,15 +198,10 @@ def run_processes(configs: list[AgentConfig], processes: int) -> dict[str, Summa
 def _child(configs: list[AgentConfig], send: Connection) -> None:
     """A child of run_processes: its share of the fleet, the tallies back through `send`."""
     fleet = Fleet(len(configs))
-    agents = []
     outcomes: list[tuple[str, Summary | str]] = []
     try:
-        for config in configs:
-            agents.append(Agent(config, transport_factory=fleet.transport))
-            fleet.add(agents[-1])
+        agents = fleet.agents_for(configs)
     except AgentError as exc:
-        for agent in agents:
-            agent.close()
         send.send([(c.sensor_id, str(exc)) for c in configs])
         return
 
@@ -237,6 +232,20 @@ class Fleet:
 
     def add(self, agent: Agent) -> None:
         self._loop_of[agent.config.sensor_id].add(agent)
+
+    def agents_for(self, configs: list[AgentConfig]) -> list[Agent]:
+        """An agent per config on this fleet (each opens its outbox); AgentError, with
+        those already made closed, if one cannot be made."""
+        agents: list[Agent] = []
+        try:
+            for config in configs:
+                agents.append(Agent(config, transport_factory=self.transport))
+                self.add(agents[-1])
+        except AgentError:
+            for agent in agents:
+                agent.close()
+            raise
+        return agents
 
     def run(self) -> dict[str, Summary | BaseException]:
         """Run every agent to its end; each one's tally, or what stopped it, by id."""

@@ -55,11 +55,7 @@ def configs_for(ids: list[str], port: int, pki, tmp_path: Path, **flags) -> list
 
 def fleet_of(ids: list[str], port: int, pki, tmp_path: Path, **flags) -> tuple[Fleet, list[Agent]]:
     fleet = Fleet(len(ids))
-    agents = []
-    for config in configs_for(ids, port, pki, tmp_path, **flags):
-        agents.append(Agent(config, transport_factory=fleet.transport))
-        fleet.add(agents[-1])
-    return fleet, agents
+    return fleet, fleet.agents_for(configs_for(ids, port, pki, tmp_path, **flags))
 
 
 def test_devices_on_one_thread_deliver_every_reading_past_descriptor_1023(
