@@ -52,7 +52,7 @@ test-quick: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # checkov, a scanner's view of the stack: a finding not skipped with its reason in
-# cloud/template.py (SCANNER_SKIPS) fails. It pins boto3, botocore, networkx and packaging
+# cloud/stack/template.py (SCANNER_SKIPS) fails. It pins boto3, botocore, networkx and packaging
 # below the project's, so it has a venv of its own ($(VENV)/lint-tools), and a version of
 # its own: a release with new checks arrives by choice. Offline: no API key, no update
 # check, no downloads.
@@ -60,7 +60,7 @@ lint: setup
 	$(VENV)/bin/ruff check device cloud tests bench
 	$(VENV)/bin/mypy device cloud
 	$(VENV)/bin/cfn-lint cloud/cloudformation/sensor-pipeline.yaml
-	$(PY) -m cloud.template --check
+	$(PY) -m cloud.stack.template --check
 	@tools=$(VENV)/lint-tools; version=3.3.30; \
 	if [ "$$($$tools/bin/checkov --version 2>/dev/null)" != "$$version" ]; then \
 		echo "installing checkov $$version into $$tools"; \

@@ -42,7 +42,7 @@ try:
     )
 
     from cloud.errors import PipelineError
-    from cloud.local_ca import Identity
+    from cloud.identity.local_ca import Identity
 except ImportError as _exc:
     sys.exit(f"agent_footprint: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 

@@ -40,9 +40,9 @@ try:
     from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
     from cloud.errors import PipelineError
+    from cloud.identity.local_ca import Identity, LocalCA
     from cloud.local.mosquitto import Mosquitto, MosquittoConfig
     from cloud.local.ports import free_port
-    from cloud.local_ca import Identity, LocalCA
     from device.agent import Agent
     from device.config import AgentConfig, load_config
     from device.errors import AgentError

@@ -5,12 +5,12 @@ of 127.0.0.1 (table_load.py's helpers) with their data in a temporary folder tha
 at the end, also on failure, Ctrl-C or SIGTERM. Per engine:
 
 1. The table is filled with half the items: readings of 10 simulated sensors, as table_load
-   makes them, each turned into its item by `cloud.rule.to_item` and written by raw
+   makes them, each turned into its item by `cloud.ingest.rule.to_item` and written by raw
    BatchWriteItem (the quickest way; loading is not what is measured here). Each format is
    exported once, for the exporter's peak RSS at that size.
 2. The other half is added, and in alternating rounds (the order of the sides is reversed
    every other round) each side reads the whole table once:
-   - ours, per format: `cloud.export.run_export(Endpoint.local(port), table,
+   - ours, per format: `cloud.export.run.run_export(Endpoint.local(port), table,
      ExportSpec(folder, fmt, full=True, settle_seconds=0))`, the call `cloud export --to
      FOLDER --format FMT --full --settle 0` makes, with its default segments, so its lease,
      ledger, staging and manifest are all in the time;
@@ -69,7 +69,7 @@ try:
 
     from cloud.aws import LOCAL_CREDENTIALS, Endpoint
     from cloud.errors import PipelineError
-    from cloud.export import ExportSpec
+    from cloud.export.run import ExportSpec
     from cloud.table import create_table
 except ImportError as _exc:  # run by a Python without the project: say which one to use
     sys.exit(f"export_scan: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
@@ -98,7 +98,7 @@ def _hwm_mib() -> float:
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One side's run, in this (child) process; returns its figures."""
     from cloud import aws
-    from cloud.export import run_export
+    from cloud.export.run import run_export
 
     endpoint = Endpoint.local(int(job["port"]))
     table, segments, side = str(job["table"]), int(job["segments"]), str(job["side"])

@@ -6,7 +6,7 @@ of 127.0.0.1, with one Mosquitto (mutual TLS, the project's ACL) and the real in
 its MQTT network thread, its writers), with ingest's default settings (those `cloud local
 up` runs it with) but for the table's name. The only thing added is a thin wrapper around
 its boto3 client that notes when each BatchWriteItem returned and which items it wrote (the
-client is `cloud.ingest.table_client`, the one `Ingest.run` makes: one attempt per call,
+client is `cloud.ingest.service.table_client`, the one `Ingest.run` makes: one attempt per call,
 bounded in time).
 
 Per engine, in alternating rounds (the order of the three sides flips every round):
@@ -14,7 +14,7 @@ Per engine, in alternating rounds (the order of the three sides flips every roun
   publish N readings between them as fast as they can (bare paho-mqtt, MQTT 5, QoS 1, at
   most 100 unacknowledged each), from a process of their own; the clock runs from the first
   publish until the BatchWriteItem that wrote the last of them returned;
-- raw: the same items (built by `cloud.rule.to_item`) with plain boto3 BatchWriteItem, 25 a
+- raw: the same items (built by `cloud.ingest.rule.to_item`) with plain boto3 BatchWriteItem, 25 a
   call, UnprocessedItems resent, from this process with as many threads as ingest has
   writers (table_load.load_raw);
 - PutItem: one PutItem per reading, the same threads, the first `--put-items` of them (at
@@ -71,7 +71,9 @@ try:
 
     from cloud.aws import Endpoint
     from cloud.errors import PipelineError
-    from cloud.ingest import (
+    from cloud.identity.local_ca import Identity
+    from cloud.ingest.rule import to_item
+    from cloud.ingest.service import (
         MAX_BATCH,
         MAX_WRITERS,
         Ingest,
@@ -79,8 +81,6 @@ try:
         IngestStats,
         table_client,
     )
-    from cloud.local_ca import Identity
-    from cloud.rule import to_item
     from cloud.table import create_table
     from device.payload import Reading
 except ImportError as _exc:  # run by a Python without the project: say which one to use

@@ -2,7 +2,7 @@
 
 Readings are made up (`--sensors` simulated sensors, one reading every ~10 s each, `seq`
 from 0, temperatures from the simulated sensor, humidity on half of the sensors and
-pressure on a quarter) and exported by the real exporter, `cloud.export.Exporter`, in both
+pressure on a quarter) and exported by the real exporter, `cloud.export.run.Exporter`, in both
 layouts, into a temporary folder deleted at the end (also on failure, Ctrl-C or SIGTERM):
 
 - `datapipeline`: the tutorial's JSON lines, read through the `sensor_data` view;
@@ -23,7 +23,7 @@ them directly, would have made a full run several minutes longer).
 Then, in alternating rounds (the order reverses from one round to the next), each of:
 
 1. the summary report, exactly as `cloud query --report summary --data DIR` runs it:
-   `cloud.query.run_report` in process (DuckDB connect, the file listing, the views, the
+   `cloud.query.run.run_report` in process (DuckDB connect, the file listing, the views, the
    query, the rows fetched);
 2. the same report over one whole UTC day (`--since DAY --until DAY+1d-1ms`), the middle
    day of the readings.
@@ -66,13 +66,13 @@ try:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cloud import layout
     from cloud.errors import PipelineError
-    from cloud.export import Exporter, ExportResult, ExportSpec
-    from cloud.query import QueryResult, run_report
-    from cloud.reports import Window
-    from cloud.rule import to_item
-    from cloud.storage import open_destination
+    from cloud.export import layout
+    from cloud.export.run import Exporter, ExportResult, ExportSpec
+    from cloud.export.storage import open_destination
+    from cloud.ingest.rule import to_item
+    from cloud.query.reports import Window
+    from cloud.query.run import QueryResult, run_report
     from cloud.table import number
     from device.payload import Reading
     from device.sensors.simulated import SimulatedSensor
@@ -458,7 +458,7 @@ def main() -> int:
             return by[(name, what)].median(lambda x: x.seconds)
 
         print(
-            f"\n== {REPORT} report, cloud.query.run_report in process (DuckDB), medians of "
+            f"\n== {REPORT} report, cloud.query.run.run_report in process (DuckDB), medians of "
             f"{args.rounds} round(s), warm page cache; one day = {day}"
         )
         row("", "JSON lines", "Parquet", "zoned (before)", "JSON/Parquet", "zoned/Parquet")

@@ -9,12 +9,12 @@ folder that is deleted at the end, also on failure, Ctrl-C or SIGTERM. Per engin
    sample, each side into a table of its own on the same engine:
    - ours: the ingest worker itself, `Ingest._work`, fed through `Ingest._on_message` (the
      callback paho calls) with the JSON payloads a fleet sends. So each message goes
-     through `cloud.rule.to_item` (payload checks, the rule's mapping, ReceivedAt = now),
+     through `cloud.ingest.rule.to_item` (payload checks, the rule's mapping, ReceivedAt = now),
      the duplicate check, 25-item batches and `Ingest._flush` (BatchWriteItem, retrying
      throttling and UnprocessedItems with ingest's backoff). Only MQTT is left out: the
      inbox is filled before the clock starts (on the network thread, in ingest), and this
      thread stands in for the network thread, taking the acks and receipts `_flush`
-     queues (without sending them). These are private names of cloud.ingest: a change
+     queues (without sending them). These are private names of cloud.ingest.service: a change
      there breaks this bench loudly, never silently.
    - raw: plain boto3 `batch_write_item`, 25 prebuilt items per call (built by the same
      `to_item` beforehand, so the items are identical), UnprocessedItems resent at once.
@@ -68,13 +68,13 @@ try:
     import psutil
 
     from cloud.aws import LOCAL_CREDENTIALS, Endpoint
-    from cloud.deadletter import DeadLetterFile
     from cloud.errors import PipelineError
-    from cloud.ingest import MAX_BATCH, Ingest, IngestSettings
+    from cloud.ingest.deadletter import DeadLetterFile
+    from cloud.ingest.rule import to_item
+    from cloud.ingest.service import MAX_BATCH, Ingest, IngestSettings
     from cloud.local import table_engine
     from cloud.local.moto import MotoServer
     from cloud.local.ports import free_port, wait_listening
-    from cloud.rule import to_item
     from cloud.table import Row, create_table, query_readings
     from device.payload import Reading
     from device.sensors.simulated import SimulatedSensor

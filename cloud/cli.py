@@ -22,11 +22,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud import target as targets
 from cloud.aws import Endpoint
-from cloud.deploy import DEFAULT_STACK_NAME
 from cloud.errors import PipelineError
+from cloud.identity.local_ca import certs_dir
 from cloud.local import stack
 from cloud.local.mosquitto import READERS
-from cloud.local_ca import certs_dir
+from cloud.stack.deploy import DEFAULT_STACK_NAME
 from cloud.table import Row, item_count, query_readings, summarize
 from cloud.timeparse import iso_ms, parse_time_ms
 from device.config import MQTT_VERSIONS
@@ -265,7 +265,7 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
             click.echo("items    unknown: the table engine is not running (it is restarted)")
             return
     else:
-        from cloud.deploy import aws_status
+        from cloud.stack.deploy import aws_status
 
         # Asked before anything is printed: a failure is then its one line alone.
         info = aws_status(chosen.endpoint, stack_name)
@@ -362,7 +362,7 @@ def provision(
                 )
     policy = ""
     if chosen.name == "aws":
-        from cloud.deploy import stack_outputs
+        from cloud.stack.deploy import stack_outputs
 
         policy = stack_outputs(chosen.endpoint, stack_name).get("IotPolicyName", "")
         if not policy:
@@ -383,7 +383,7 @@ def _provision_one(
     chosen: targets.Target, root: Path, device_id: str, policy: str, force: bool, header: _Header
 ) -> None:
     if chosen.name == "aws":
-        from cloud.provision_aws import provision_device
+        from cloud.identity.iot import provision_device
 
         result = provision_device(chosen.endpoint, root, device_id, policy, force=force)
         ident, command = result.identity, result.command
@@ -431,14 +431,14 @@ def revoke(device_id: str, keep: bool, target: str | None, endpoint_url: str | N
     header = _Header(f"target {chosen.name} ({chosen.why})")
     root = Path.cwd()
     if chosen.name == "aws":
-        from cloud.provision_aws import revoke_device_aws
+        from cloud.identity.iot import revoke_device_aws
 
         result = revoke_device_aws(chosen.endpoint, root, device_id, delete=not keep)
         header()
         what = "deactivated" if keep else "deactivated and deleted"
         click.echo(f"{device_id}: {len(result.certificate_ids)} certificate(s) {what}")
         return
-    from cloud.revocation import revoke_device_local
+    from cloud.identity.revocation import revoke_device_local
 
     crl = revoke_device_local(root, device_id)
     header()
@@ -473,7 +473,7 @@ def deploy(
     stack_name: str, region: str | None, params: tuple[str, ...], endpoint_url: str | None
 ) -> None:
     """Create or update the AWS resources (one CloudFormation stack) and wait, showing progress."""
-    from cloud.deploy import deploy as deploy_stack
+    from cloud.stack.deploy import deploy as deploy_stack
 
     values: dict[str, str] = {}
     for param in params:
@@ -503,8 +503,8 @@ def deploy(
 @reports_errors
 def destroy(stack_name: str, region: str | None, force: bool, endpoint_url: str | None) -> None:
     """Remove the stack; refuses while it still holds data unless --force."""
-    from cloud.deploy import DestroyRefused
-    from cloud.deploy import destroy as destroy_stack
+    from cloud.stack.deploy import DestroyRefused
+    from cloud.stack.deploy import destroy as destroy_stack
 
     endpoint = _aws_endpoint(endpoint_url, region)
     header = _Header(f"target aws ({endpoint.url or 'AWS'}), stack {stack_name}")
@@ -578,7 +578,7 @@ def ingest(
     Several processes with different --client-id share the load; each must come back after
     a restart, since the broker keeps its share of messages for it.
     """
-    from cloud.ingest import Ingest, IngestSettings
+    from cloud.ingest.service import Ingest, IngestSettings
 
     chosen = targets.resolve(target or "local", endpoint_url)
     if chosen.stack is None:
@@ -765,7 +765,7 @@ def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["datapipeline", "parquet"]),  # cloud.layout.FORMATS
+    type=click.Choice(["datapipeline", "parquet"]),  # cloud.export.layout.FORMATS
     default="datapipeline",
     show_default=True,
     help="datapipeline: JSON lines the tutorial's Athena table reads; parquet: typed, by day.",
@@ -816,7 +816,7 @@ def export(
     Files appear whole, and a run counts only once its manifest (under _manifests/) is
     written, so a failed run can simply be run again.
     """
-    from cloud import export as exporting
+    from cloud.export import run as exporting
 
     chosen = targets.resolve(target, endpoint_url)
     spec = exporting.ExportSpec(
@@ -838,7 +838,7 @@ def export(
 
 
 def _query_report_names() -> list[str]:
-    from cloud.reports import REPORTS
+    from cloud.query.reports import REPORTS
 
     return sorted(REPORTS)
 
@@ -903,9 +903,9 @@ def query(
     datapipeline or DynamoDB export, and `readings` (sensor_id, time, temperature, seq, ...,
     dt) from a parquet export. Reports: summary, latest, hourly, gaps, series.
     """
-    from cloud.engines.athena import AthenaSettings
-    from cloud.query import format_result, resolve_target, run_query, run_report
-    from cloud.reports import Window
+    from cloud.query.engines.athena import AthenaSettings
+    from cloud.query.reports import Window
+    from cloud.query.run import format_result, resolve_target, run_query, run_report
 
     if (sql is None) == (report is None):
         raise click.UsageError("give either SQL or --report NAME")
@@ -957,9 +957,9 @@ def plot(
     endpoint_url: str | None,
 ) -> None:
     """Temperature over time for one or more sensors, as a PNG (from the table, or --data)."""
-    from cloud.plot import render, series_from_export, series_from_table
-    from cloud.query import resolve_target
-    from cloud.reports import Window
+    from cloud.query.plot import render, series_from_export, series_from_table
+    from cloud.query.reports import Window
+    from cloud.query.run import resolve_target
 
     window = Window.parse(sensor_ids, since, until)
     if data is None:

@@ -105,7 +105,7 @@ def resolve(
 
 def _deployed_table(endpoint: Endpoint) -> str | None:
     """The table `cloud deploy` made (the stack's TableName output), if a stack exists."""
-    from cloud.deploy import DEFAULT_STACK_NAME, stack_outputs
+    from cloud.stack.deploy import DEFAULT_STACK_NAME, stack_outputs
 
     try:
         outputs = stack_outputs(endpoint, os.environ.get("SENSOR_STACK", DEFAULT_STACK_NAME))

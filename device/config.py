@@ -99,7 +99,7 @@ class AgentConfig:
     flow_control: bool = True
     #: Keep each reading until `cloud ingest` confirms it is in the table, not only until
     #: the broker's PUBACK (Mosquitto acknowledges before a message is safe; see
-    #: cloud/ingest.py). On by default against the local stack.
+    #: cloud/ingest/service.py). On by default against the local stack.
     receipts: bool = False
     #: How long a PUBACKed reading may wait for its receipt before it is sent again.
     receipt_timeout: float = 30.0

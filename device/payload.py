@@ -87,7 +87,7 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
 
 # -- the fields of payload v1, as data ------------------------------------------------------
 # One table says what each field must be. `parse_payload` applies it here, and
-# `cloud.rule` turns the same table into the AWS IoT rule's WHERE clause, so the deployed
+# `cloud.ingest.rule` turns the same table into the AWS IoT rule's WHERE clause, so the deployed
 # rule and `cloud ingest` refuse the same readings (tests/cloud/test_rule_checks.py).
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
+from cloud.identity.local_ca import Identity, LocalCA
 from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port
-from cloud.local_ca import Identity, LocalCA
 from cloud.table import create_table
 from tests.mqtt import Subscriber, reap_children
 from tests.nats import Nats

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.ingest import Ingest, IngestSettings, IngestStats
+from cloud.ingest.service import Ingest, IngestSettings, IngestStats
 
 
 @dataclass

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.local_ca import Identity
+from cloud.identity.local_ca import Identity
 
 REPO = Path(__file__).resolve().parent.parent
 

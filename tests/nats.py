@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.identity.local_ca import Identity
 from cloud.local.ports import free_port, wait_listening
-from cloud.local_ca import Identity
 
 BINARY = shutil.which("nats-server") or "/usr/sbin/nats-server"
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import LocalStackError
+from cloud.identity.local_ca import Identity, LocalCA, certs_dir, private_folder
+from cloud.identity.revocation import ensure_crl, reissue_device_local
 from cloud.local import table_engine
 from cloud.local.mosquitto import MosquittoConfig, mosquitto_binary
 from cloud.local.ports import free_port, is_listening, port_is_free
 from cloud.local.supervisor import PartSpec, PartStatus, SupervisorStatus
-from cloud.local_ca import Identity, LocalCA, certs_dir, private_folder
-from cloud.revocation import ensure_crl, reissue_device_local
 
 # Where the state file is and its version are a contract with the agent, which reads it
 # without importing this package: its home is the agent's side.

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.aws import Endpoint
+from cloud.export.storage import check_key
 from cloud.local import stack
-from cloud.storage import check_key
 
 LEGACY_FILE = "stack.legacy.json"
 

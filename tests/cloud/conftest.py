@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
-from cloud.ingest import IngestSettings
+from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.conftest import Pki
 from tests.ingest_run import Running, ingest_runner

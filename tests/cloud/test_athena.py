@@ -23,15 +23,15 @@ import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner
 
-from cloud import schema
 from cloud.aws import LOCAL_CREDENTIALS, Endpoint
 from cloud.cli import main
-from cloud.engines import DataLocation, QueryError
-from cloud.engines.athena import AthenaEngine, AthenaSettings, athena_literal
 from cloud.errors import ConfigError
 from cloud.local.moto import MotoServer
-from cloud.query import run_report
-from cloud.reports import Window
+from cloud.query import schema
+from cloud.query.engines import DataLocation, QueryError
+from cloud.query.engines.athena import AthenaEngine, AthenaSettings, athena_literal
+from cloud.query.reports import Window
+from cloud.query.run import run_report
 
 ACCOUNT = "123456789012"  # moto's default account
 

@@ -282,7 +282,8 @@ def unreachable_endpoint(port: int) -> dict[str, Fails | Works]:
         "cloud readings --id sensor-1": nobody,
         "cloud summary": nobody,
         f"cloud export --to {S3}": nobody,
-        # DuckDB's own words (cloud/engines/duckdb.py), naming the endpoint it could not reach.
+        # DuckDB's own words (cloud/query/engines/duckdb.py), naming the endpoint it could
+        # not reach.
         f"cloud query SELECT 1 --data {S3}": Fails(f"127.0.0.1:{port}"),
         f"cloud query --report summary --data {S3} --engine athena": nobody,
         "cloud plot --id sensor-1 --out plot.png": nobody,

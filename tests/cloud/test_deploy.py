@@ -21,9 +21,12 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from cloud import template
 from cloud.aws import Endpoint
-from cloud.deploy import (
+from cloud.errors import ConfigError
+from cloud.identity.iot import certificate_id, provision_device, revoke_device_aws
+from cloud.ingest.rule import to_item
+from cloud.stack import template
+from cloud.stack.deploy import (
     DeployError,
     DestroyRefused,
     StackEvent,
@@ -33,9 +36,6 @@ from cloud.deploy import (
     destroy,
     stack_resources,
 )
-from cloud.errors import ConfigError
-from cloud.provision_aws import certificate_id, provision_device, revoke_device_aws
-from cloud.rule import to_item
 from cloud.table import KEY_SCHEMA, query_readings
 from tests.mqtt import finish, start_agent
 

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cloud import layout
 from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
-from cloud.export import (
+from cloud.export import layout
+from cloud.export.run import (
     NOTHING_NEW,
     Exporter,
     ExportError,
@@ -41,7 +41,7 @@ from cloud.export import (
     run_export,
     terminal_progress,
 )
-from cloud.storage import open_destination
+from cloud.export.storage import open_destination
 from cloud.table import summarize
 from tests.cloud.conftest import scan_items
 
@@ -392,7 +392,7 @@ def test_since_picks_readings_by_time_and_needs_full_on_an_existing_export(
 CRASHING_CHILD = """
 import os, sys
 from cloud.aws import Endpoint
-from cloud.export import ExportSpec, run_export
+from cloud.export.run import ExportSpec, run_export
 
 url, table, dest, fmt, crash_on = sys.argv[1:]
 

@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from cloud import layout
 from cloud.aws import Endpoint
+from cloud.export import layout
 from tests.cloud.test_export import (
     BASE_MS,
     canonical,

@@ -3,7 +3,7 @@
 ingest stamps ReceivedAt when it takes a message, and retries a throttled BatchWriteItem
 without a deadline; an export that runs meanwhile moves the watermark past that stamp with a
 reading received later, and the late write is then never exported. ingest now stamps
-ReceivedAt at each write attempt (cloud/ingest.py, _flush).
+ReceivedAt at each write attempt (cloud/ingest/service.py, _flush).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.export import ExportResult
-from cloud.ingest import IngestSettings
+from cloud.export.run import ExportResult
+from cloud.ingest.service import IngestSettings
 from device.payload import Reading
 from tests.cloud.conftest import DevicePublisher
 from tests.cloud.test_export import BASE_MS, data_lines, export, from_datapipeline

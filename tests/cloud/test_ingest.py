@@ -21,9 +21,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.deadletter import PAYLOAD_PREFIX_BYTES, DeadLetter, DeadLetterFile, read_dead_letters
 from cloud.errors import ConfigError
-from cloud.ingest import IngestSettings
+from cloud.ingest.deadletter import (
+    PAYLOAD_PREFIX_BYTES,
+    DeadLetter,
+    DeadLetterFile,
+    read_dead_letters,
+)
+from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from cloud.table import StoreError, create_table, item_count
 from device.backoff import Backoff
@@ -319,8 +324,8 @@ CHILD = """
 import json, logging, signal, sys, threading
 from pathlib import Path
 from cloud.aws import Endpoint
-from cloud.ingest import Ingest, IngestSettings
-from cloud.local_ca import Identity
+from cloud.ingest.service import Ingest, IngestSettings
+from cloud.identity.local_ca import Identity
 
 cfg = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")

@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 
 from cloud.aws import Endpoint
 from cloud.cli import main
-from cloud.plot import PlotError, Series, render, series_from_export, series_from_table
-from cloud.reports import Window
+from cloud.query.plot import PlotError, Series, render, series_from_export, series_from_table
+from cloud.query.reports import Window
 from tests.cloud.test_query import BASE, HALF_HOUR, INJECTION, READINGS, per_sensor, write_export
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

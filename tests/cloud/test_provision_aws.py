@@ -19,10 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cloud import template
 from cloud.aws import Endpoint
 from cloud.errors import CertificateError, ConfigError
-from cloud.provision_aws import (
+from cloud.identity.iot import (
     AMAZON_ROOT_CA_1_SHA256,
     ProvisionError,
     amazon_root_ca,
@@ -30,6 +29,7 @@ from cloud.provision_aws import (
     provision_device,
     revoke_device_aws,
 )
+from cloud.stack import template
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""`cloud query` over exports written here by hand in cloud/layout.py's layout (not by
-cloud/export.py, so these tests pin the layout contract itself): DuckDB in process, over a
+"""`cloud query` over exports written here by hand in cloud/export/layout.py's layout (not by
+cloud/export/run.py, so these tests pin the layout contract itself): DuckDB in process, over a
 folder and over S3 on the moto server."""
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from cloud import query as query_module
-from cloud import schema
 from cloud.aws import Endpoint
 from cloud.cli import main
-from cloud.engines import DataLocation, QueryError
 from cloud.errors import ConfigError
-from cloud.layout import PARQUET_COLUMNS
+from cloud.export.layout import PARQUET_COLUMNS
 from cloud.local.stack import StackState
-from cloud.query import format_result, resolve_target, run_query, run_report
-from cloud.reports import Window, report_query
+from cloud.query import run as query_module
+from cloud.query import schema
+from cloud.query.engines import DataLocation, QueryError
+from cloud.query.reports import Window, report_query
+from cloud.query.run import format_result, resolve_target, run_query, run_report
 from cloud.target import Target
 
 # -- the data -------------------------------------------------------------------------------

@@ -24,10 +24,8 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.errors import CertificateError
-from cloud.local import stack
-from cloud.local.ports import free_port
-from cloud.local_ca import Identity, LocalCA
-from cloud.revocation import (
+from cloud.identity.local_ca import Identity, LocalCA
+from cloud.identity.revocation import (
     crl_path,
     ensure_crl,
     reload_broker,
@@ -35,6 +33,8 @@ from cloud.revocation import (
     revoke_device_local,
     revoked_serials,
 )
+from cloud.local import stack
+from cloud.local.ports import free_port
 from tests.conftest import BrokerFactory, Pki
 from tests.mqtt import REPO, wait_until
 

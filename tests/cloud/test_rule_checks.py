@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cloud.rule import (
+from cloud.ingest.rule import (
     CHECKS,
     NOT_IN_RULE,
     Check,

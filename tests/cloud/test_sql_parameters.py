@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from cloud.engines import QueryError
-from cloud.layout import DATA_PREFIX
-from cloud.reports import REPORTS, Window, report_query
+from cloud.export.layout import DATA_PREFIX
+from cloud.query.engines import QueryError
+from cloud.query.reports import REPORTS, Window, report_query
 from cloud.table import query_readings, summarize
 
 HOSTILE = "x' OR '1'='1 -- MARKER"

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud import layout, template
 from cloud.aws import Endpoint
-from cloud.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
+from cloud.export import layout
+from cloud.ingest.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
+from cloud.stack import template
 from cloud.table import KEY_SCHEMA
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
@@ -109,7 +110,7 @@ def test_checkov_finds_nothing_but_the_findings_the_template_skips_with_a_reason
 
 
 def test_committed_template_is_what_the_code_builds():
-    assert template.is_current(), "stale template: run `python -m cloud.template`"
+    assert template.is_current(), "stale template: run `python -m cloud.stack.template`"
     # The hand-rolled YAML writer says what a YAML reader (cfn-lint's, CloudFormation's) reads.
     assert yaml.safe_load(template.TEMPLATE_PATH.read_text()) == template.build()
 

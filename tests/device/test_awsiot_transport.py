@@ -10,7 +10,7 @@ import itertools
 import time
 from pathlib import Path
 
-from cloud.local_ca import LocalCA
+from cloud.identity.local_ca import LocalCA
 from device.payload import parse_payload
 from tests.conftest import Pki
 from tests.mqtt import finish, start_agent

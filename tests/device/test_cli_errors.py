@@ -128,7 +128,7 @@ def test_unreachable_broker_gives_up_after_the_offline_limit_keeping_readings(
 def test_broker_with_an_untrusted_certificate_is_refused_at_once(
     shared_broker, tls_args, tmp_path: Path, device_id
 ):
-    from cloud.local_ca import LocalCA
+    from cloud.identity.local_ca import LocalCA
 
     other_ca = LocalCA.create(tmp_path / "other-ca")
     args = tls_args(device_id)

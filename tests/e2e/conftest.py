@@ -31,10 +31,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
 from cloud.cli import ingest as ingest_command
-from cloud.ingest import IngestSettings
+from cloud.identity.local_ca import Identity
+from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
-from cloud.local_ca import Identity
 from cloud.table import item_count
 from tests.conftest import TEST_READERS, Pki
 from tests.ingest_run import Running as SharedRunning

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.aws import Endpoint
-from cloud.ingest import Ingest, IngestSettings
-from cloud.local_ca import Identity
+from cloud.identity.local_ca import Identity
+from cloud.ingest.service import Ingest, IngestSettings
 
 
 class StallingWriter:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.ingest import IngestSettings
+from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.e2e.conftest import (
     FLEET,
@@ -58,6 +58,9 @@ def test_fleet_survives_three_broker_kills_with_every_reading_exactly_once(
         assert fleet.alive(), "each kill must land while the fleet still publishes"
         broker.kill()  # SIGKILL: what was only in the broker's memory is gone
         broker.start()
+        # Before the next one: two kills inside one of ingest's backoff waits would
+        # leave it one connection for both.
+        running.wait(lambda s, k=k: s.connections >= k + 1)
 
     assert fleet.wait(120) == 0, fleet.err()[-3000:]
     line = summary_line(fleet.out(), f"{FLEET} devices")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from cloud.identity.local_ca import Identity, LocalCA
 from cloud.local import stack
 from cloud.local.mosquitto import Mosquitto
 from cloud.local.moto import MotoServer
-from cloud.local_ca import Identity, LocalCA
 from cloud.table import item_count
 from tests.conftest import Pki
 from tests.e2e.conftest import Agents, Proc, RawDevice, spawn, wait_for

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cloud.aws import Endpoint
-from cloud.deadletter import read_dead_letters
-from cloud.ingest import IngestSettings
+from cloud.ingest.deadletter import read_dead_letters
+from cloud.ingest.rule import to_item
+from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import Mosquitto
-from cloud.rule import to_item
 from device.payload import (
     MAX_PAYLOAD_BYTES,
     OPTIONAL_METRICS,

@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cloud.identity.local_ca import Identity, LocalCA
 from cloud.local.mosquitto import Mosquitto
-from cloud.local_ca import Identity, LocalCA
 from tests.conftest import Pki
 from tests.e2e.conftest import Agents
 from tests.e2e.mqtt_raw import Attempt, attempt, tls_context

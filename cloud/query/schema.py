@@ -4,8 +4,9 @@
 
 - `sensor_data`: the tutorial's table over Data Pipeline JSON lines, struct columns
   (`sensorid.s`, `currenttime.n`, `temperature.n`), so its SQL runs unchanged on both engines.
-- `readings`: flat typed columns over day-partitioned Parquet (`cloud.layout.PARQUET_COLUMNS`),
-  with Athena partition projection on `dt` so no partition is ever registered by hand.
+- `readings`: flat typed columns over day-partitioned Parquet
+  (`cloud.export.layout.PARQUET_COLUMNS`), with Athena partition projection on `dt` so no
+  partition is ever registered by hand.
 
 Locations are `DataLocation`s (validated on construction), never text from user SQL.
 """
@@ -16,9 +17,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cloud.engines import DataLocation
-from cloud.engines import sql_literal as _literal
-from cloud.layout import DATA_PREFIX, PARQUET_COLUMNS, PARTITION_KEY
+from cloud.export.layout import DATA_PREFIX, PARQUET_COLUMNS, PARTITION_KEY
+from cloud.query.engines import DataLocation
+from cloud.query.engines import sql_literal as _literal
 
 SENSOR_DATA = "sensor_data"
 READINGS = "readings"
@@ -91,7 +92,7 @@ def _location(location: DataLocation | str) -> DataLocation:
 
 
 def data_prefix(table: str) -> str:
-    """The folder under an export root that holds a table's files (`cloud.layout`)."""
+    """The folder under an export root that holds a table's files (`cloud.export.layout`)."""
     return DATA_PREFIX[TABLE_FORMAT[table]]
 
 

@@ -15,10 +15,10 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 from cloud.aws import Endpoint
-from cloud.engines import Where
 from cloud.errors import PipelineError
-from cloud.query import run_report
-from cloud.reports import Window
+from cloud.query.engines import Where
+from cloud.query.reports import Window
+from cloud.query.run import run_report
 from cloud.table import query_readings
 
 Series = dict[str, list[tuple[dt.datetime, float]]]

@@ -1,4 +1,4 @@
-"""Athena over an export on S3: the tables of `cloud.schema`, then the query, then its rows.
+"""Athena over an export on S3: the tables of `cloud.query.schema`, then the query, then its rows.
 
 Settings: flag > environment (ATHENA_WORKGROUP, ATHENA_DATABASE, ATHENA_OUTPUT) > default.
 Tables are (re)created only when Glue does not already hold them at this export's location,
@@ -18,9 +18,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cloud import schema
 from cloud.aws import Endpoint
-from cloud.engines import (
+from cloud.errors import ConfigError
+from cloud.query import schema
+from cloud.query.engines import (
     DataLocation,
     Param,
     QueryError,
@@ -28,7 +29,6 @@ from cloud.engines import (
     first_line,
     is_data_file,
 )
-from cloud.errors import ConfigError
 
 DEFAULT_WORKGROUP = "primary"
 DEFAULT_DATABASE = "sensor_pipeline"

@@ -1,6 +1,6 @@
 """`cloud ingest` as a library: the AWS IoT topic rule's part, MQTT -> SensorData.
 
-Each message is mapped by `cloud.rule.to_item` (the same definition the deployed rule's SQL
+Each message is mapped by `cloud.ingest.rule.to_item` (the same definition the deployed rule's SQL
 comes from), written with BatchWriteItem, and acknowledged only after its item is written,
 or after it is on disk as a dead letter. The broker keeps everything unacknowledged, so a
 crash, a lost connection or a table that went away loses nothing: the messages come again
@@ -69,10 +69,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud.aws import Endpoint
-from cloud.deadletter import DeadLetter, DeadLetterFile
 from cloud.errors import ConfigError, PipelineError
-from cloud.local_ca import Identity
-from cloud.rule import TOPIC_FILTER, to_item, topic_sensor_id
+from cloud.identity.local_ca import Identity
+from cloud.ingest.deadletter import DeadLetter, DeadLetterFile
+from cloud.ingest.rule import TOPIC_FILTER, to_item, topic_sensor_id
 from cloud.table import StoreError
 from device.backoff import Backoff
 from device.config import MQTT_VERSIONS
@@ -128,7 +128,7 @@ class IngestSettings:
     tls: Identity | None  # None: plain MQTT, for a loopback broker only
     endpoint: Endpoint
     table: str
-    dead_letter: Path  # JSON lines, see cloud.deadletter
+    dead_letter: Path  # JSON lines, see cloud.ingest.deadletter
     # One per instance: the broker keeps a session per id. Mosquitto (use_username_as_
     # clientid) replaces it with the certificate's name, so it must be that name.
     client_id: str = "ingest"
@@ -467,7 +467,7 @@ class Ingest:
         retries = 0
         while pending:
             # ReceivedAt is the time of the attempt that writes the item, not of its
-            # arrival: an export's watermark (cloud/export.py, settle) trusts that an item
+            # arrival: an export's watermark (cloud/export/run.py, settle) trusts that an item
             # is in the table within seconds of its ReceivedAt, whatever throttling came
             # before. An attempt that timed out but landed is rewritten with a later stamp,
             # so an export in between may take that row twice; never miss it.

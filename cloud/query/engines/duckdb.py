@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import boto3
 import duckdb
 
-from cloud import schema
 from cloud.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, Endpoint
-from cloud.engines import (
+from cloud.export.layout import manifest_prefix
+from cloud.query import schema
+from cloud.query.engines import (
     DataLocation,
     Param,
     QueryError,
@@ -27,12 +28,11 @@ from cloud.engines import (
     first_line,
     is_data_file,
 )
-from cloud.engines import sql_literal as _literal
-from cloud.layout import manifest_prefix
+from cloud.query.engines import sql_literal as _literal
 
 HTTPFS_PACKAGE = "duckdb_extension_httpfs"
 
-# The manifest area of `cloud export --method native` (cloud.export.NATIVE); kept apart so
+# The manifest area of `cloud export --method native` (cloud.export.run.NATIVE); kept apart so
 # reading an export never imports the exporter.
 NATIVE = "native"
 

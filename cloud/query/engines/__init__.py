@@ -1,6 +1,6 @@
 """SQL engines over an export: DuckDB in process, or Athena on AWS. One interface for both.
 
-An engine is bound to one export (`DataLocation`) and exposes the tables of `cloud.schema`
+An engine is bound to one export (`DataLocation`) and exposes the tables of `cloud.query.schema`
 whose data that export holds. User values reach SQL only as `?` parameters (`Param`).
 """
 
@@ -115,7 +115,7 @@ Where = DataLocation | str | os.PathLike[str]
 
 
 class Engine(Protocol):
-    """What `cloud.query` needs of an engine; both engines are bound to one export."""
+    """What `cloud.query.run` needs of an engine; both engines are bound to one export."""
 
     name: str
     data: DataLocation

@@ -18,7 +18,8 @@ from typing import Any
 
 from cloud import target as targets
 from cloud.aws import Endpoint
-from cloud.engines import (
+from cloud.errors import ConfigError
+from cloud.query.engines import (
     ENGINES,
     DataLocation,
     Engine,
@@ -27,9 +28,8 @@ from cloud.engines import (
     QueryResult,
     Where,
 )
-from cloud.engines.athena import AthenaSettings
-from cloud.errors import ConfigError
-from cloud.reports import Window, report_query
+from cloud.query.engines.athena import AthenaSettings
+from cloud.query.reports import Window, report_query
 
 __all__ = [
     "ENGINES",
@@ -83,11 +83,11 @@ def open_engine(
     """An engine over the export at `data`; close it when done (or use `engine_for`)."""
     location = DataLocation.of(data)
     if engine == "duckdb":
-        from cloud.engines.duckdb import DuckDBEngine
+        from cloud.query.engines.duckdb import DuckDBEngine
 
         return DuckDBEngine(location, endpoint)
     if engine == "athena":
-        from cloud.engines.athena import AthenaEngine
+        from cloud.query.engines.athena import AthenaEngine
 
         return AthenaEngine(location, endpoint or Endpoint(), athena or AthenaSettings.resolve())
     raise ConfigError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")

@@ -1,6 +1,6 @@
 """`cloud export` as a library: the SensorData table, streamed to a folder or S3 for SQL.
 
-Layout under the export root (a folder or s3://bucket/prefix; names from cloud/layout.py):
+Layout under the export root (a folder or s3://bucket/prefix; names from cloud/export/layout.py):
 
     sensor_data/<run-id>-<n>.json                  datapipeline: JSON lines, uncompressed
     readings/dt=YYYY-MM-DD/<run-id>-<n>.parquet    parquet: flat typed columns, zstd
@@ -58,7 +58,7 @@ until the next run, and during a `--full` run old and new rows are both visible 
 whole run, not for a moment. The price on S3 is one server-side copy per file.
 One export per destination and format at a time: a second one started concurrently would take
 the first one's staging area for a crashed run's and delete it. So a run holds
-`_manifests/<format>/lease` from before its first settle() until it ends (cloud/storage.py:
+`_manifests/<format>/lease` from before its first settle() until it ends (cloud/export/storage.py:
 an flock in a folder, which dies with its process; on S3 an object created with a
 conditional put and renewed while the run goes on, which a dead run's stops being after
 LEASE_SECONDS), and a second run is refused with the holder's start time. As a last guard,
@@ -107,10 +107,10 @@ from typing import Any, BinaryIO, Protocol, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud import layout
 from cloud.aws import Endpoint
 from cloud.errors import PipelineError
-from cloud.storage import (
+from cloud.export import layout
+from cloud.export.storage import (
     Destination,
     Lease,
     LeaseHeld,
@@ -397,7 +397,7 @@ _COLUMN_SOURCES: dict[str, tuple[str, Callable[[dict[str, Any] | None], Any]]] =
     "received_at": ("ReceivedAt", _int),
 }
 if set(_COLUMN_SOURCES) != {c.name for c in layout.PARQUET_COLUMNS}:
-    raise ImportError("cloud.export: _COLUMN_SOURCES does not match layout.PARQUET_COLUMNS")
+    raise ImportError("cloud.export.run: _COLUMN_SOURCES does not match layout.PARQUET_COLUMNS")
 
 _DAY_MS = 86_400_000
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:, tz=([^\]]+))?\]$")

@@ -28,9 +28,9 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from cloud.aws import Endpoint
-from cloud.deploy import ats_host, aws_errors
 from cloud.errors import CertificateError, ConfigError, PipelineError
-from cloud.local_ca import Identity, certs_dir, private_folder, write_private_key
+from cloud.identity.local_ca import Identity, certs_dir, private_folder, write_private_key
+from cloud.stack.deploy import ats_host, aws_errors
 from device.payload import PayloadError, check_sensor_id
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cloud.errors import CertificateError, LocalStackError
+from cloud.identity.local_ca import Identity, LocalCA, certs_dir
 from cloud.local.mosquitto import Mosquitto
-from cloud.local_ca import Identity, LocalCA, certs_dir
 
 CRL_NAME = "crl.pem"
 CA_FOLDER = "local-ca"

@@ -1,4 +1,4 @@
-"""`cloud deploy | destroy | status` on AWS: the template of `cloud.template` as one stack.
+"""`cloud deploy | destroy | status` on AWS: the template of `cloud.stack.template` as one stack.
 
 deploy creates the stack or updates it (parameters not given keep their current values, as
 `aws cloudformation deploy` does), reports each stack event while it waits, and returns the
@@ -23,9 +23,9 @@ from typing import Any, TypeVar, cast
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
 
-from cloud import template
 from cloud.aws import Endpoint
 from cloud.errors import ConfigError, PipelineError
+from cloud.stack import template
 from cloud.table import Row, item_count, query_readings
 from cloud.target import NO_CREDENTIALS, aws_problem
 
@@ -301,7 +301,7 @@ def deploy(
 ) -> dict[str, str]:
     """Create or update the stack and wait for it; return its Outputs.
 
-    `params` override template parameters (names as in `cloud.template.PARAMETERS`); on an
+    `params` override template parameters (names as in `cloud.stack.template.PARAMETERS`); on an
     update, parameters not given keep their current values. An update with no changes is
     not an error.
     """

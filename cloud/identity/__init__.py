@@ -1,0 +1,1 @@
+"""Device identities: the local CA and CRL, AWS IoT things, provisioning and revocation."""

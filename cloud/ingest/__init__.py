@@ -1,0 +1,1 @@
+"""Cloud ingest: the topic rule's part on the local stack (MQTT in, table out, receipts back)."""

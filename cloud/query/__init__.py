@@ -1,0 +1,1 @@
+"""Query: SQL and reports over an export, with Athena on AWS or DuckDB in process."""

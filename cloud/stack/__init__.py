@@ -1,0 +1,1 @@
+"""The AWS stack: the CloudFormation template, its YAML, and deploying it."""
