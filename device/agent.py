@@ -26,6 +26,7 @@ from device.config import AgentConfig
 from device.errors import BrokerError, OutboxError, SensorReadError
 from device.outbox import Outbox
 from device.payload import data_topic
+from device.receipts import MAX_UNCONFIRMED, Unconfirmed
 from device.sensors import Sensor, make_sensor
 from device.transport import Callbacks, Transport, make_transport
 
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 READ_ATTEMPTS = 3
 #: With --interval 0, readings are taken in batches of at most this many per commit.
 MAX_BATCH = 256
-#: With receipts: readings PUBACKed but not yet confirmed, at most. Past it the agent waits
-#: for receipts before sending more, so a stalled ingest does not have the broker queue
-#: the whole outbox for it (again at every resend).
-MAX_UNCONFIRMED = 1000
-#: After a reconnect, receipts the broker kept for us arrive first; what has none by then
-#: is sent again (a broker that was killed lost it).
-RECONNECT_GRACE = 2.0
-#: A reading that timed out waits twice as long for its next receipt, up to this factor.
-MAX_TIMEOUT_FACTOR = 16
 #: Readings held in memory while the clock is not synchronised, at most (then they are
 #: stamped with the clock as it is, and kept).
 MAX_HELD = 10_000
@@ -112,12 +104,7 @@ class Agent:
         self._offline_since = clock()
         self._last_offline_reason = "not connected yet"
         self._inflight: set[int] = set()
-        # With receipts: PUBACKed, awaiting a receipt. seq -> deadline; the heap orders the
-        # deadlines (stale entries are skipped); timeouts counts each seq's expiries.
-        self._unconfirmed: dict[int, float] = {}
-        self._deadlines: list[tuple[float, int]] = []
-        self._timeouts: dict[int, int] = {}
-        self._warned_timeout_at = -float("inf")
+        self._unconfirmed = Unconfirmed(config.receipt_timeout, clock)  # with receipts
         self._resend: list[int] = []  # heap of seqs the transport gave back
         self._cursor = -1  # highest seq handed to the transport from the outbox
         self._produced = 0
@@ -188,7 +175,8 @@ class Agent:
         if producing and now >= self._next_read:
             self._take_readings()
             self._next_read = max(self._next_read + cfg.interval, now) if cfg.interval else now
-        self._expire_unconfirmed(now)
+        for seq in self._unconfirmed.expired(now):
+            heapq.heappush(self._resend, seq)
         self._fill_window()
         if not producing and len(self.outbox) == 0 and not self._held:
             return None  # everything produced is acknowledged
@@ -327,7 +315,7 @@ class Agent:
                 if p.seq >= max(wanted):
                     break
             for gone in wanted.difference(seq for seq, _ in to_send):
-                self._timeouts.pop(gone, None)
+                self._unconfirmed.confirmed(gone)
             free -= len(to_send)
         if free > 0:
             for p in self.outbox.pending(self._cursor, limit=free):
@@ -374,7 +362,7 @@ class Agent:
                 self._inflight.discard(value)
                 self._hold_backoff.reset()
                 if self.config.receipts:
-                    self._await_receipt(value, self._receipt_deadline(value))
+                    self._unconfirmed.acked(value)
                 else:
                     self._delivered[value] = None
         elif event == "receipt":
@@ -388,8 +376,7 @@ class Agent:
             for seq, ts in value.items():
                 # Whether PUBACKed yet or not (or sent by an earlier run): it is in the table.
                 self._inflight.discard(seq)
-                self._unconfirmed.pop(seq, None)
-                self._timeouts.pop(seq, None)
+                self._unconfirmed.confirmed(seq)
                 self._delivered[seq] = ts
         elif event == "failed":
             if value in self._inflight:
@@ -410,59 +397,12 @@ class Agent:
                 log.warning("%s; readings are kept in %s", why, self.config.outbox)
                 self._offline_since = self._clock()
             if up and not self._connected:
-                self._after_reconnect()
+                self._unconfirmed.after_reconnect()
             self._connected = up
             if not up:
                 self._last_offline_reason = why
         elif event == "fatal":
             raise BrokerError(value)
-
-    # -- receipts ---------------------------------------------------------------------------
-
-    def _receipt_deadline(self, seq: int) -> float:
-        factor: int = min(2 ** self._timeouts.get(seq, 0), MAX_TIMEOUT_FACTOR)
-        return self._clock() + self.config.receipt_timeout * factor
-
-    def _await_receipt(self, seq: int, deadline: float) -> None:
-        self._unconfirmed[seq] = deadline
-        heapq.heappush(self._deadlines, (deadline, seq))
-        if len(self._deadlines) > 4 * MAX_UNCONFIRMED:
-            # Mostly entries of readings confirmed since: at thousands of readings a second
-            # they would pile up for a whole timeout. Keep only the live ones.
-            self._deadlines = [(d, s) for s, d in self._unconfirmed.items()]
-            heapq.heapify(self._deadlines)
-
-    def _after_reconnect(self) -> None:
-        soon = self._clock() + RECONNECT_GRACE
-        for seq, deadline in list(self._unconfirmed.items()):
-            if deadline > soon:
-                self._await_receipt(seq, soon)
-
-    def _expire_unconfirmed(self, now: float) -> None:
-        """Send again what waited too long for its receipt (lost by the broker, or ingest)."""
-        expired: list[int] = []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, seq = heapq.heappop(self._deadlines)
-            if self._unconfirmed.get(seq) == deadline:
-                del self._unconfirmed[seq]
-                self._timeouts[seq] = self._timeouts.get(seq, 0) + 1
-                heapq.heappush(self._resend, seq)
-                expired.append(seq)
-        if not expired:
-            return
-        # Once a minute at most: a stopped ingest would repeat this for every reading.
-        level = logging.WARNING if now - self._warned_timeout_at >= 60 else logging.DEBUG
-        if level == logging.WARNING:
-            self._warned_timeout_at = now
-        log.log(
-            level,
-            "%d reading(s) (seq %d..%d) have no receipt from cloud ingest yet: sending them "
-            "again (is `cloud ingest` running? a device on a broker without it needs "
-            "--no-receipts)",
-            len(expired),
-            min(expired),
-            max(expired),
-        )
 
     def _check_offline_limit(self, now: float) -> None:
         limit = self.config.offline_limit

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    ts INTEGER
 );
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
@@ -129,6 +130,11 @@ class Outbox:
         if check != "ok":
             raise _CorruptOutbox(check)
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "ts" not in columns:
+            # An outbox from before `ts` was a column: its rows keep ts NULL (read from their
+            # payload when a receipt is matched), new rows fill it.
+            self._db.execute("ALTER TABLE outbox ADD COLUMN ts INTEGER")
         owner = self._get("sensor_id")
         if owner is None:
             self._set("sensor_id", self.sensor_id)
@@ -226,7 +232,8 @@ class Outbox:
                             kept = [p for p in kept if p.seq != oldest[0]]
                     payload = reading.to_payload()
                     self._db.execute(
-                        "INSERT INTO outbox (seq, payload) VALUES (?, ?)", (reading.seq, payload)
+                        "INSERT INTO outbox (seq, payload, ts) VALUES (?, ?, ?)",
+                        (reading.seq, payload, reading.ts),
                     )
                     count += 1
                     kept.append(Pending(reading.seq, payload))
@@ -290,15 +297,15 @@ class Outbox:
         marks = ",".join("?" * len(readings))
         try:
             rows = self._db.execute(
-                f"SELECT seq, payload FROM outbox WHERE seq IN ({marks})",  # noqa: S608 (marks)
+                f"SELECT seq, ts, payload FROM outbox WHERE seq IN ({marks})",  # noqa: S608 (marks)
                 list(readings),
             ).fetchall()
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from None
         return {
             seq: readings[seq]
-            for seq, payload in rows
-            if json.loads(payload).get("ts") == readings[seq]
+            for seq, ts, payload in rows
+            if (json.loads(payload).get("ts") if ts is None else ts) == readings[seq]
         }
 
     def remove(self, seqs: Iterable[int]) -> int:

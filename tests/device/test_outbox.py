@@ -103,3 +103,29 @@ def test_a_failed_delete_leaves_appends_fsynced(tmp_path: Path):
     full = 2
     assert box._db.execute("PRAGMA synchronous").fetchone()[0] == full
     assert [p.seq for p in box.pending()] == [0, 1]
+
+
+def test_a_receipt_matches_only_its_own_reading_also_in_an_outbox_from_before_the_ts_column(
+    tmp_path: Path,
+):
+    path = tmp_path / "o.sqlite"
+    t = 1_764_345_600_000
+    # An outbox as agents wrote it before `ts` was a column: seq and payload only.
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);"
+        "CREATE TABLE state (key TEXT PRIMARY KEY, value);"
+    )
+    old.executemany(
+        "INSERT INTO state VALUES (?, ?)", [("sensor_id", "s1"), ("next_seq", 1), ("last_ts", t)]
+    )
+    payload = {"sensor_id": "s1", "ts": t, "seq": 0, "temperature": 1.0, "v": 1}
+    old.execute("INSERT INTO outbox VALUES (0, ?)", (json.dumps(payload).encode(),))
+    old.commit()
+    old.close()
+
+    box = Outbox(path, "s1")
+    box.append(temps(2), now_ms=t + 5)
+    # Each seq matches with its own ts only: another ts is another outbox's reading.
+    assert box.matching({0: t, 1: t + 5}) == {0: t, 1: t + 5}
+    assert box.matching({0: t + 1, 1: t}) == {}
