@@ -92,14 +92,13 @@ class FleetTransport(PahoTransport):
         self._loop = loop
         super().__init__(config, callbacks)
 
-    def _make_client(self) -> mqtt.Client:
-        client = super()._make_client()
+    def _configure(self, client: mqtt.Client) -> None:
+        super()._configure(client)
         # paho asks for write readiness when it has queued a packet and gives it back when
         # all is written; the socket is handed over just before paho closes it.
         client.on_socket_register_write = lambda c, u, s: self._loop.want_write(self, True)
         client.on_socket_unregister_write = lambda c, u, s: self._loop.want_write(self, False)
         client.on_socket_close = lambda c, u, s: self._loop.forget(self)
-        return client
 
     def start(self) -> None:
         self._loop.connect_soon(self, 0.0)
@@ -451,7 +450,7 @@ class Loop:
             delay = future.result()
         except BaseException:  # a bug in connect: treated as a failed try, logged
             log.exception("connecting %s failed", transport._config.sensor_id)
-            delay = transport._backoff.next_delay()
+            delay = transport._session.retry_delay()
         self._connected.append((transport, delay))
         self._ring()
 

@@ -14,22 +14,18 @@ errors worth retrying from those that are not.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import resource
-import ssl
 import threading
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.backoff import Backoff
 from device.config import AgentConfig
 from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
 from device.transport import Callbacks, receipts_refused
+from device.transport.session import Refusal, Session, SessionSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +33,6 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
 #: Mosquitto's PUBACK when nobody subscribes: it dropped the message, so it is not delivered.
 _NO_MATCHING_SUBSCRIBERS = 0x10
-KEEPALIVE_SECONDS = 30
-#: CONNACK / PUBACK reason codes that retrying cannot fix (MQTT 5 values; paho maps a
-#: 3.1.1 CONNACK's return code onto them).
-_FATAL_REASONS = {
-    0x86,  # bad user name or password
-    0x87,  # not authorized
-    0x85,  # client identifier not valid
-    0x8A,  # banned
-    0x8C,  # bad authentication method
-    0x90,  # topic name invalid
-    0x99,  # payload format invalid
-}
-#: CONNACK of a broker that does not speak the protocol version we asked for.
-_UNSUPPORTED_VERSION = 0x84
-_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 
 
 class PahoTransport:
@@ -66,34 +47,27 @@ class PahoTransport:
         self._stop = threading.Event()
         self._closing = False  # our own DISCONNECT is not a lost connection
         self._thread: threading.Thread | None = None
-        self._backoff = Backoff()
-        self._fall_back = False  # the broker refused MQTT 5: reconnect with 3.1.1
-
-        self._version = "3.1.1" if config.mqtt_version == "3.1.1" else "5"
         self._connacked = False
         self._socket_error: str | None = None
-        self._client = self._make_client()
-
-    def _make_client(self) -> mqtt.Client:
-        config = self._config
-        v5 = self._version == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        spec = SessionSpec(
             client_id=config.sensor_id,
-            protocol=_PROTOCOLS[self._version],
-            # 3.1.1 keeps the session (and what was queued for us) with clean_session=False;
-            # MQTT 5 says so at connect (clean_start=False, an expiry interval).
-            clean_session=None if v5 else False,
+            host=config.broker.host,
+            port=config.broker.port,
+            label=str(config.broker),
+            mqtt_version=config.mqtt_version,
+            session_expiry_seconds=SESSION_EXPIRY_SECONDS,
+            tls=config.tls,
+            system_tls=config.broker.tls,
         )
-        if config.tls is not None:
-            client.tls_set(
-                ca_certs=str(config.tls.ca),
-                certfile=str(config.tls.cert),
-                keyfile=str(config.tls.key),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        elif config.broker.tls:
-            client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self._session = Session(spec, self._configure)
+
+    @property
+    def _client(self) -> mqtt.Client:
+        return self._session.client  # a new one after falling back to 3.1.1
+
+    def _configure(self, client: mqtt.Client) -> None:
+        """The agent's part of each client the session makes."""
+        config = self._config
         client.will_set(self._status_topic, b"offline", qos=1, retain=True)
         # One more than our window: the retained status publish must not queue a reading.
         client.max_inflight_messages_set(config.inflight + 1)
@@ -111,7 +85,6 @@ class PahoTransport:
         # corrupt it ("bad record mac", reconnects, heap errors). With this callback set,
         # publish() only queues the packet and wakes our loop, which does all the I/O.
         client.on_socket_register_write = lambda client, userdata, sock: None
-        return client
 
     # -- the agent's side ------------------------------------------------------------------
 
@@ -148,21 +121,6 @@ class PahoTransport:
 
     # -- the network loop ------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        broker = self._config.broker
-        if self._version == "3.1.1":
-            self._client.connect(broker.host, broker.port, keepalive=KEEPALIVE_SECONDS)
-            return
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
-        self._client.connect(
-            broker.host,
-            broker.port,
-            keepalive=KEEPALIVE_SECONDS,
-            clean_start=False,
-            properties=props,
-        )
-
     def _run(self) -> None:
         while not self._stop.is_set():
             delay = self._open()
@@ -186,30 +144,18 @@ class PahoTransport:
     def _open(self) -> float | None:
         """Connect: TCP, the TLS handshake, CONNECT queued. None once done; else the
         seconds to wait before the next try (after a fatal error `_stop` is set)."""
-        broker = self._config.broker
         self._client.on_log = self._on_log  # until CONNACK, see _on_connect
-        try:
-            self._connect()
-        except ssl.SSLCertVerificationError as exc:
+        failure = self._session.connect()
+        if failure is not None and failure.unverified is not None:
             self._callbacks.on_fatal(
-                f"broker {broker}: its certificate failed verification against "
+                f"broker {self._config.broker}: its certificate failed verification against "
                 f"{self._config.tls.ca if self._config.tls else 'the system CAs'} "
-                f"({exc.verify_message}); check --ca and the broker's host name"
+                f"({failure.unverified.verify_message}); check --ca and the broker's host name"
             )
             self._stop.set()
             return 0.0
-        except ssl.SSLError as exc:
-            # A handshake the broker aborted: most often our certificate is not
-            # trusted there (revoked, another CA, expired). Retry: it may be a blip.
-            return self._lost(f"TLS handshake with {broker} failed ({exc.reason or exc})")
-        except (TimeoutError, OSError) as exc:
-            if exc.errno == errno.EMFILE:
-                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-                return self._lost(
-                    f"cannot connect to {broker}: this process is out of file descriptors "
-                    f"(ulimit -n is {soft}; raise it, or run fewer devices per process)"
-                )
-            return self._lost(f"cannot reach broker {broker} ({exc.strerror or exc})")
+        if failure is not None:
+            return self._lost(failure.message)
         self._connacked = False
         self._socket_error = None
         return None
@@ -219,10 +165,8 @@ class PahoTransport:
         broker = self._config.broker
         if self._stop.is_set() or self._closing:
             return 0.0
-        if self._fall_back:
-            self._fall_back = False
-            self._client = self._make_client()  # at once: the broker answered
-            return 0.0
+        if self._session.renew():
+            return 0.0  # at once: the broker answered
         if broker.tls and not self._connacked:
             # TLS 1.3: the client's handshake completes before the broker checks our
             # certificate; its refusal only shows on the first read.
@@ -236,7 +180,7 @@ class PahoTransport:
 
     def _lost(self, reason: str) -> float:
         self._callbacks.on_connection(False, reason)
-        delay = self._backoff.next_delay()
+        delay = self._session.retry_delay()
         log.info("%s; retrying in %.1fs", reason, delay)
         return delay
 
@@ -252,19 +196,16 @@ class PahoTransport:
     ) -> None:
         if reason.is_failure:
             message = f"broker {self._config.broker} refused the connection: {reason}"
-            if reason.value == _UNSUPPORTED_VERSION and self._version == "5":
-                if self._config.mqtt_version == "auto":
-                    log.info("broker %s does not speak MQTT 5; using 3.1.1", self._config.broker)
-                    self._version, self._fall_back = "3.1.1", True
-                    return
+            refusal = self._session.refused(reason)
+            if refusal is Refusal.NO_MQTT_5:
                 self._callbacks.on_fatal(
                     f"{message}: it does not speak MQTT 5 (use --mqtt-version 3.1.1 or auto)"
                 )
                 self._stop.set()
-            elif reason.value == _UNSUPPORTED_VERSION:
+            elif refusal is Refusal.NO_MQTT_311:
                 self._callbacks.on_fatal(f"{message}: it does not speak MQTT 3.1.1 either")
                 self._stop.set()
-            elif reason.value in _FATAL_REASONS:
+            elif refusal is Refusal.FATAL:
                 self._callbacks.on_fatal(
                     message
                     + f" (is this device's certificate made for {self._config.sensor_id!r}?)"
@@ -275,7 +216,7 @@ class PahoTransport:
         # Its log lines explain only a refused handshake, and paho formats one for every
         # packet while on_log is set: a tenth of a simulated fleet's CPU.
         client.on_log = None
-        self._backoff.reset()
+        self._session.connected()
         info = client.publish(self._status_topic, b"online", qos=1, retain=True)
         self._status_mids.add(info.mid)
         if self._config.receipts:
@@ -283,7 +224,7 @@ class PahoTransport:
             client.subscribe(receipt_topic(self._config.sensor_id), qos=1)
         self._callbacks.on_connection(
             True,
-            f"connected to {self._config.broker} with MQTT {self._version} "
+            f"connected to {self._config.broker} with MQTT {self._session.version} "
             f"(session present: {flags.session_present})",
         )
 
