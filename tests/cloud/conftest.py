@@ -3,21 +3,19 @@ raw device publishers, and table reads."""
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
 from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.conftest import Pki
 from tests.ingest_run import Running, ingest_runner
+from tests.mqtt import MqttClient
 
 
 @pytest.fixture
@@ -48,33 +46,20 @@ def run_ingest() -> Iterator[Callable[..., Running]]:
 
 
 class DevicePublisher:
-    """A device's own MQTT 5 client (its certificate, so the ACL applies) for raw payloads."""
+    """A device's own client (its certificate, so the ACL applies) for raw payloads."""
 
     def __init__(self, port: int, pki: Pki, sensor_id: str) -> None:
-        ident = pki.device(sensor_id)
         self.topic = f"sensors/{sensor_id}/data"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"raw-{sensor_id}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+        self.client = MqttClient.open(
+            port, pki.device(sensor_id), f"raw-{sensor_id}", reconnect=True
         )
-        client.tls_set(
-            str(ident.ca), str(ident.cert), str(ident.key), tls_version=ssl.PROTOCOL_TLS_CLIENT
-        )
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        self._client = client
 
     def publish(self, *payloads: bytes, topic: str | None = None) -> None:
         """Publish at QoS 1 and wait for each PUBACK (MQTT 5: a refusal would raise)."""
-        infos = [self._client.publish(topic or self.topic, p, qos=1) for p in payloads]
-        for info in infos:
-            info.wait_for_publish(10)
-            assert info.is_published()
+        self.client.publish(topic or self.topic, *payloads)
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self.client.close()
 
 
 @pytest.fixture

@@ -10,18 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.errors import CertificateError
 from cloud.identity.local_ca import Identity, LocalCA
@@ -36,61 +31,17 @@ from cloud.identity.revocation import (
 from cloud.local import stack
 from cloud.local.ports import free_port
 from tests.conftest import BrokerFactory, Pki
-from tests.mqtt import REPO, wait_until
+from tests.mqtt import REPO, MqttClient, wait_until
 
 
 def serial(ident: Identity) -> int:
     return x509.load_pem_x509_certificate(ident.cert.read_bytes()).serial_number
 
 
-class Device:
-    """A device's own MQTT 5 client over mutual TLS; `connected` says how its CONNECT went."""
-
-    def __init__(self, port: int, ident: Identity, client_id: str) -> None:
-        self.answered = threading.Event()
-        self.accepted = threading.Event()
-        self.dropped = threading.Event()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,  # one attempt: its outcome is what the test asks
-        )
-        c.tls_set(
-            str(ident.ca), str(ident.cert), str(ident.key), tls_version=ssl.PROTOCOL_TLS_CLIENT
-        )
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        self.client = c
-        self.port = port
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            self.accepted.set()
-        self.answered.set()
-
-    def _on_disconnect(self, *args: object) -> None:
-        self.dropped.set()
-        self.answered.set()
-
-    def connect(self, timeout: float = 10) -> bool:
-        """Connect and wait for the broker's answer: True if it accepted us."""
-        try:
-            self.client.connect("127.0.0.1", self.port)
-        except (OSError, ssl.SSLError):
-            return False
-        self.client.loop_start()
-        assert self.answered.wait(timeout), "the broker neither accepted nor refused"
-        return self.accepted.is_set()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
-def devices() -> Iterator[list[Device]]:
-    made: list[Device] = []
+def devices() -> Iterator[list[MqttClient]]:
+    """Device clients of one CONNECT each (no reconnect): its outcome is what a test asks."""
+    made: list[MqttClient] = []
     yield made
     for device in made:
         device.close()
@@ -104,10 +55,16 @@ def root(pki: Pki, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def connects(devices: list[Device], port: int, ident: Identity) -> bool:
-    device = Device(port, ident, f"c{len(devices)}-{ident.cert.parent.name}")
+def connects(devices: list[MqttClient], port: int, ident: Identity) -> bool:
+    """Whether the broker lets this identity in (a fresh client id each time)."""
+    device = MqttClient(port, ident, f"c{len(devices)}-{ident.cert.parent.name}")
     devices.append(device)
     return device.connect()
+
+
+def dropped(device: MqttClient) -> bool:
+    """Whether the broker ended this open connection (within 10 s)."""
+    return device.until(lambda: device.disconnected is not None, 10)
 
 
 def test_crl_lists_each_revoked_serial_once_and_outlives_the_ca(root: Path):
@@ -145,7 +102,7 @@ def test_a_certificate_from_another_ca_is_not_revoked(
 
 
 def test_a_revoked_device_is_refused_after_a_broker_restart(
-    root: Path, start_broker: BrokerFactory, devices: list[Device]
+    root: Path, start_broker: BrokerFactory, devices: list[MqttClient]
 ):
     revoked = stack.device_identity(root, "rv-gone")
     other = stack.device_identity(root, "rv-other")
@@ -157,13 +114,13 @@ def test_a_revoked_device_is_refused_after_a_broker_restart(
     revoke_device_local(root, "rv-gone")
     restart_broker(broker)
 
-    assert held.dropped.wait(10), "the revoked device's open connection survived"
+    assert dropped(held), "the revoked device's open connection survived"
     assert not connects(devices, port, revoked)
     assert connects(devices, port, other)
 
 
 def test_sighup_refuses_new_connections_but_keeps_open_ones(
-    root: Path, start_broker: BrokerFactory, devices: list[Device]
+    root: Path, start_broker: BrokerFactory, devices: list[MqttClient]
 ):
     """Why revocation restarts the broker: Mosquitto 2.0 re-reads the CRL on SIGHUP, but
     an established connection of the revoked certificate carries on."""
@@ -182,9 +139,8 @@ def test_sighup_refuses_new_connections_but_keeps_open_ones(
 
     assert not connects(devices, port, revoked)
     assert connects(devices, port, other)
-    info = held.client.publish("sensors/hup-gone/data", b"still here", qos=1)
-    info.wait_for_publish(10)
-    assert info.is_published() and not held.dropped.is_set()
+    held.publish("sensors/hup-gone/data", b"still here")  # asserts its PUBACK
+    assert held.disconnected is None
 
 
 def cloud(root: Path, *args: str) -> str:
@@ -201,7 +157,9 @@ def cloud(root: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, devices: list[Device]):
+def test_restart_local_broker_applies_the_crl_to_a_running_stack(
+    root: Path, devices: list[MqttClient]
+):
     """`cloud local up` starts Mosquitto without `crlfile`, and SIGHUP cannot add one: the
     stack's broker is restarted with it."""
     up = ("-m", "cloud", "local", "up", "--no-ingest")
@@ -221,7 +179,7 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(root: Path, dev
 
         assert new_pid != before
         assert stack.running_state(root).pids["mosquitto"] == new_pid
-        assert devices[0].dropped.wait(10)
+        assert dropped(devices[0])
         assert not connects(devices, state.mqtt_port, gone)
         assert connects(devices, state.mqtt_port, other)
         conf = stack.state_dir(root) / "mosquitto" / "mosquitto.conf"
@@ -239,7 +197,7 @@ def test_the_crl_is_public_and_current(root: Path):
 
 
 def test_a_reissued_certificate_revokes_the_one_it_replaced_and_revoke_covers_every_one(
-    root: Path, start_broker: BrokerFactory, devices: list[Device]
+    root: Path, start_broker: BrokerFactory, devices: list[MqttClient]
 ):
     """`cloud provision --id X --force` on a Pi that was stolen: the thief's copy of the
     first certificate stops working at once, and `cloud revoke` later ends the new one too."""

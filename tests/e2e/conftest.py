@@ -13,10 +13,8 @@ import json
 import os
 import signal
 import sqlite3
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,14 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psutil
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.aws import Endpoint
 from cloud.cli import ingest as ingest_command
-from cloud.identity.local_ca import Identity
 from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port
@@ -362,94 +357,6 @@ def ingest_child(tmp_path: Path) -> Callable[..., IngestChild]:
         return child
 
     return start
-
-
-# -- raw MQTT clients -------------------------------------------------------------------------
-
-
-class RawDevice:
-    """A paho MQTT 5 client with a device's certificate (so the broker's ACL applies to it)
-    and whatever client id the test picks; it records PUBACK and SUBACK reasons and what
-    it receives."""
-
-    def __init__(self, port: int, ident: Identity, client_id: str) -> None:
-        self.port = port
-        self._cond = threading.Condition()
-        self.connack: str | None = None
-        self.disconnected: str | None = None
-        self.acks: dict[int, str] = {}
-        self.subacks: list[list[str]] = []
-        self.messages: list[tuple[str, bytes]] = []
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,  # one session: its outcome is what the test asks
-        )
-        c.tls_set(
-            str(ident.ca), str(ident.cert), str(ident.key), tls_version=ssl.PROTOCOL_TLS_CLIENT
-        )
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        self.client = c
-
-    @classmethod
-    def connect(cls, port: int, ident: Identity, client_id: str) -> RawDevice:
-        device = cls(port, ident, client_id)
-        device.client.connect("127.0.0.1", port)
-        device.client.loop_start()
-        device.wait(lambda: device.connack is not None, "a CONNACK")
-        assert device.connack == "Success", device.connack
-        return device
-
-    def _notify(self, change: Callable[[], None]) -> None:
-        with self._cond:
-            change()
-            self._cond.notify_all()
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._notify(lambda: setattr(self, "connack", str(reason)))
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        self._notify(lambda: setattr(self, "disconnected", str(reason)))
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._notify(lambda: self.acks.__setitem__(mid, str(reason)))
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        self._notify(lambda: self.subacks.append([str(r) for r in reasons]))
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._notify(lambda: self.messages.append((msg.topic, bytes(msg.payload))))
-
-    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 15) -> None:
-        with self._cond:
-            assert self._cond.wait_for(predicate, timeout), f"timed out waiting for {what}"
-
-    def publish_all(self, topic: str, payloads: list[bytes]) -> list[str]:
-        """Publish each at QoS 1 and return the broker's PUBACK reason for each, in order."""
-        mids = [self.client.publish(topic, p, qos=1).mid for p in payloads]
-        self.wait(lambda: all(m in self.acks for m in mids), f"{len(mids)} PUBACKs")
-        return [self.acks[m] for m in mids]
-
-    def subscribe(self, *topics: str) -> list[str]:
-        before = len(self.subacks)
-        self.client.subscribe([(t, 1) for t in topics])
-        self.wait(lambda: len(self.subacks) > before, "a SUBACK")
-        return self.subacks[before]
-
-    def received(self) -> list[tuple[str, bytes]]:
-        with self._cond:
-            return list(self.messages)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # -- the table ------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from cloud.local.mosquitto import Mosquitto
 from device.payload import encode_receipt
 from tests.conftest import Pki
-from tests.e2e.conftest import Agents, RawDevice, summary_line
-from tests.mqtt import Subscriber
+from tests.e2e.conftest import Agents, summary_line
+from tests.mqtt import MqttClient, Subscriber
 
 READINGS = 30
 
@@ -36,7 +36,7 @@ def test_a_device_cannot_publish_as_another_even_with_its_client_id(
 
     # Mallory takes the victim's client id (the broker hands it the victim's session) and
     # publishes readings and a retained status under the victim's topics.
-    intruder = RawDevice.connect(port, pki.device(mallory), client_id=victim)
+    intruder = MqttClient.open(port, pki.device(mallory), client_id=victim)
     try:
         data = intruder.publish_all(
             f"sensors/{victim}/data", [forged(victim, 10_000 + n) for n in range(5)]
@@ -71,7 +71,7 @@ def test_a_device_cannot_read_other_devices_readings(
 ) -> None:
     port = shared_broker.config.port
     victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
-    spy = RawDevice.connect(port, pki.device(mallory), client_id=mallory)
+    spy = MqttClient.open(port, pki.device(mallory), client_id=mallory)
     try:
         subacks = spy.subscribe(
             "sensors/+/data", f"sensors/{victim}/data", f"sensors/{victim}/#", "sensors/#", "#"
@@ -101,7 +101,7 @@ def test_a_device_cannot_forge_receipts_for_itself_or_another(
     victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
     witness = subscribe(port, topics=("sensors/+/receipt",))
     forged_receipt = encode_receipt([(0, 1_000)])
-    intruder = RawDevice.connect(port, pki.device(mallory), client_id=mallory)
+    intruder = MqttClient.open(port, pki.device(mallory), client_id=mallory)
     try:
         refused = intruder.publish_all(f"sensors/{victim}/receipt", [forged_receipt])
         refused += intruder.publish_all(f"sensors/{mallory}/receipt", [forged_receipt])
@@ -126,7 +126,7 @@ def test_a_device_cannot_take_over_ingests_session_and_the_readings_queued_in_it
     port = shared_broker.config.port
     name, ident = pki.reader()
     Subscriber(port, ident, client_id=name).start().stop()  # subscribed, now away
-    sender = RawDevice.connect(port, pki.device(device_id), client_id=device_id)
+    sender = MqttClient.open(port, pki.device(device_id), client_id=device_id)
     try:
         readings = [forged(device_id, n) for n in range(8)]
         assert sender.publish_all(f"sensors/{device_id}/data", readings) == ["Success"] * 8
@@ -134,7 +134,7 @@ def test_a_device_cannot_take_over_ingests_session_and_the_readings_queued_in_it
         sender.close()
 
     # clean start: had the broker handed mallory ingest's session, it would be discarded.
-    intruder = RawDevice.connect(port, pki.device(f"{device_id}-mallory"), client_id=name)
+    intruder = MqttClient.open(port, pki.device(f"{device_id}-mallory"), client_id=name)
     intruder.close()
 
     back = Subscriber(port, ident, client_id=name).start()

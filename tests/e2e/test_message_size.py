@@ -16,8 +16,8 @@ from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import MAX_PACKET_BYTES, Mosquitto
 from device.payload import MAX_PAYLOAD_BYTES
 from tests.conftest import Pki
-from tests.e2e.conftest import RawDevice, Running
-from tests.mqtt import Subscriber
+from tests.e2e.conftest import Running
+from tests.mqtt import MqttClient, Subscriber
 
 
 def reading(sensor_id: str, seq: int) -> bytes:
@@ -33,7 +33,7 @@ def test_the_broker_ends_a_connection_that_sends_a_huge_message(
 ) -> None:
     port = shared_broker.config.port
     witness = subscribe(port, topics=(f"sensors/{device_id}/data",))
-    sender = RawDevice.connect(port, pki.device(device_id), client_id=device_id)
+    sender = MqttClient.open(port, pki.device(device_id), client_id=device_id)
     try:
         sender.client.publish(f"sensors/{device_id}/data", b"x" * (20 * 2**20), qos=1)
         sender.wait(lambda: sender.disconnected is not None, "the broker to end the connection")
@@ -42,7 +42,7 @@ def test_the_broker_ends_a_connection_that_sends_a_huge_message(
     assert sender.disconnected in ("Packet too large", "Unspecified error"), sender.disconnected
 
     # The device itself is not shut out: a reading of a sane size goes through.
-    again = RawDevice.connect(port, pki.device(device_id), client_id=device_id)
+    again = MqttClient.open(port, pki.device(device_id), client_id=device_id)
     try:
         assert again.publish_all(f"sensors/{device_id}/data", [reading(device_id, 0)]) == [
             "Success"
@@ -66,7 +66,7 @@ def test_an_oversize_payload_is_dead_lettered_as_a_bounded_prefix_and_a_hash(
     running = run_ingest(settings)
     oversize = reading(device_id, 1)[:-1] + b" " * MAX_PAYLOAD_BYTES + b"}"
     assert MAX_PAYLOAD_BYTES < len(oversize) < MAX_PACKET_BYTES - 256
-    sender = RawDevice.connect(port, pki.device(device_id), client_id=device_id)
+    sender = MqttClient.open(port, pki.device(device_id), client_id=device_id)
     try:
         assert sender.publish_all(f"sensors/{device_id}/data", [oversize]) == ["Success"]
     finally:

@@ -5,22 +5,18 @@ running broker listens on that one socket only; and plain MQTT to it gets no ses
 from __future__ import annotations
 
 import inspect
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.cli import local_up
 from cloud.local import stack
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port, is_listening
 from tests.conftest import Pki
-from tests.e2e.conftest import RawDevice
 from tests.e2e.mqtt_raw import attempt
-from tests.mqtt import wait_until
+from tests.mqtt import MqttClient, wait_until
 
 
 def listeners(conf: str) -> list[str]:
@@ -76,35 +72,19 @@ def test_an_asked_for_plaintext_listener_lets_anonymous_clients_read_readings_on
     plain_port = free_port()
     broker = start_broker(plaintext_port=plain_port)
     wait_until(lambda: is_listening(plain_port), what="the plaintext listener")
-    reader = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=MQTTProtocolVersion.MQTTv5
-    )
-    got: list[tuple[str, bytes]] = []
-    subscribed, arrived = threading.Event(), threading.Event()
-    reader.on_subscribe = lambda *a: subscribed.set()
-    pubacks: list[str] = []
-    reader.on_publish = lambda client, userdata, mid, reason, props: pubacks.append(str(reason))
-
-    def on_message(client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        got.append((msg.topic, bytes(msg.payload)))
-        arrived.set()
-
-    reader.on_message = on_message
-    reader.connect("127.0.0.1", plain_port)
-    reader.loop_start()
+    # No identity: plain MQTT, anonymous, as a dashboard would connect.
+    reader = MqttClient.open(plain_port, None, "dashboard")
     try:
-        reader.subscribe("sensors/+/data", qos=1)
-        assert subscribed.wait(10), "no SUBACK on the plaintext listener"
-        sender = RawDevice.connect(broker.config.port, pki.device(device_id), client_id=device_id)
+        reader.subscribe("sensors/+/data")  # waits for the SUBACK on the plaintext listener
+        sender = MqttClient.open(broker.config.port, pki.device(device_id), client_id=device_id)
         try:
             assert sender.publish_all(f"sensors/{device_id}/data", [b"reading"]) == ["Success"]
         finally:
             sender.close()
-        assert arrived.wait(10), "the reading did not reach the plaintext reader"
-        forged = reader.publish(f"sensors/{device_id}/data", b"forged", qos=1)
-        forged.wait_for_publish(10)
+        reader.wait(lambda: bool(reader.messages), "the reading to reach the plaintext reader")
+        pubacks = reader.publish_all(f"sensors/{device_id}/data", [b"forged"])
     finally:
-        reader.disconnect()
-        reader.loop_stop()
+        reader.close()
     assert pubacks == ["Not authorized"]
+    got = reader.received()
     assert got == [(f"sensors/{device_id}/data", b"reading")], "the forged one never came back"

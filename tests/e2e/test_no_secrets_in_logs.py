@@ -22,7 +22,8 @@ from cloud.local.mosquitto import Mosquitto
 from cloud.local.moto import MotoServer
 from cloud.table import item_count
 from tests.conftest import Pki
-from tests.e2e.conftest import Agents, Proc, RawDevice, spawn, wait_for
+from tests.e2e.conftest import Agents, Proc, spawn, wait_for
+from tests.mqtt import MqttClient
 
 COUNT = 10
 
@@ -148,7 +149,7 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
             f"{device_id}-loose", port, "-v", "--count", "1", "--key", str(loose / "key.pem")
         ),
     }
-    raw = RawDevice.connect(port, pki.device(ids[1]), client_id=f"{ids[1]}-raw")
+    raw = MqttClient.open(port, pki.device(ids[1]), client_id=f"{ids[1]}-raw")
     try:
         raw.publish_all(f"sensors/{ids[1]}/data", [b"not a reading"])
     finally:

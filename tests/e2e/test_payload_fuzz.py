@@ -33,7 +33,8 @@ from device.payload import (
     parse_payload,
 )
 from tests.conftest import Pki
-from tests.e2e.conftest import RawDevice, Running, scan_items
+from tests.e2e.conftest import Running, scan_items
+from tests.mqtt import MqttClient
 
 SENSOR = "fuzz-1"
 TOPIC = f"sensors/{SENSOR}/data"
@@ -254,7 +255,7 @@ def test_every_fuzzed_message_is_an_item_or_a_dead_letter_with_its_reason(
 
     port = start_broker().config.port
     running = run_ingest(make_ingest_settings(port))
-    device = RawDevice.connect(port, pki.device(SENSOR), SENSOR)
+    device = MqttClient.open(port, pki.device(SENSOR), SENSOR)
     try:
         reasons = device.publish_all(TOPIC, sent)
     finally:
