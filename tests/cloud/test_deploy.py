@@ -31,11 +31,12 @@ from cloud.stack.deploy import (
     DestroyRefused,
     StackEvent,
     StackNotFound,
-    aws_status,
     deploy,
     destroy,
     stack_resources,
 )
+from cloud.stack.resolver import Resolver
+from cloud.stack.status import aws_status
 from cloud.table import KEY_SCHEMA, query_readings
 from tests.mqtt import finish, start_agent
 
@@ -204,7 +205,7 @@ def test_resources_moto_skips_are_valid_api_input(aws: Endpoint, stack_name: str
     physical = {lid: pid for lid, (_, pid) in stack_resources(aws, stack_name).items() if pid}
     table = outputs["TableName"]
     role_arn = aws.client("iam").get_role(RoleName=physical["TopicRuleRole"])["Role"]["Arn"]
-    r = template.Resolver(
+    r = Resolver(
         stack_name=stack_name,
         physical={**physical, "GlueDatabase": outputs["GlueDatabase"]},
         attributes={

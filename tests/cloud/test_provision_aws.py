@@ -30,13 +30,14 @@ from cloud.identity.iot import (
     revoke_device_aws,
 )
 from cloud.stack import template
+from cloud.stack.resolver import Resolver
 
 
 @pytest.fixture
 def policy(aws: Endpoint) -> str:
     """The stack's device policy, made from the template's own document."""
     name = f"p-{uuid.uuid4().hex[:10]}"
-    document = template.Resolver(stack_name=name).resolve(template.device_policy_document())
+    document = Resolver(stack_name=name).resolve(template.device_policy_document())
     aws.client("iot").create_policy(policyName=name, policyDocument=json.dumps(document))
     return name
 

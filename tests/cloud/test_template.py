@@ -24,6 +24,7 @@ from cloud.aws import Endpoint
 from cloud.export import layout
 from cloud.ingest.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
 from cloud.stack import template
+from cloud.stack.resolver import Resolver
 from cloud.table import KEY_SCHEMA
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
@@ -47,8 +48,8 @@ ATTRIBUTES = {
 }
 
 
-def resolver(stack: str = STACK, **parameters: Any) -> template.Resolver:
-    return template.Resolver(
+def resolver(stack: str = STACK, **parameters: Any) -> Resolver:
+    return Resolver(
         stack_name=stack, parameters=parameters, physical=PHYSICAL, attributes=ATTRIBUTES
     )
 
