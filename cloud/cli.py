@@ -265,7 +265,7 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
             click.echo("items    unknown: the table engine is not running (it is restarted)")
             return
     else:
-        from cloud.stack.deploy import aws_status
+        from cloud.stack.status import aws_status
 
         # Asked before anything is printed: a failure is then its one line alone.
         info = aws_status(chosen.endpoint, stack_name)

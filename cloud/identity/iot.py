@@ -30,7 +30,8 @@ from cryptography.x509.oid import NameOID
 from cloud.aws import Endpoint
 from cloud.errors import CertificateError, ConfigError, PipelineError
 from cloud.identity.local_ca import Identity, certs_dir, private_folder, write_private_key
-from cloud.stack.deploy import ats_host, aws_errors
+from cloud.stack.deploy import aws_errors
+from cloud.stack.status import ats_host
 from device.payload import PayloadError, check_sensor_id
 
 log = logging.getLogger(__name__)

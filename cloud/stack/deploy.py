@@ -1,4 +1,4 @@
-"""`cloud deploy | destroy | status` on AWS: the template of `cloud.stack.template` as one stack.
+"""`cloud deploy | destroy` on AWS: the template of `cloud.stack.template` as one stack.
 
 deploy creates the stack or updates it (parameters not given keep their current values, as
 `aws cloudformation deploy` does), reports each stack event while it waits, and returns the
@@ -6,8 +6,7 @@ stack's Outputs. destroy refuses while the stack holds data (objects in its buck
 in its table) or devices still use its IoT policy, unless forced; forced, it empties the
 buckets and detaches the policy, deletes the stack, then checks that each resource is gone
 (the stack's status alone is not proof: moto, for one, reports success for resources it
-skipped). aws_status says what runs: stack, IoT endpoint, table and each device's newest
-reading.
+skipped). What runs (`cloud status`) is reported by `cloud.stack.status`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from botocore.parsers import ResponseParserError
 from cloud.aws import Endpoint
 from cloud.errors import ConfigError, PipelineError
 from cloud.stack import template
-from cloud.table import Row, item_count, query_readings
 from cloud.target import NO_CREDENTIALS, aws_problem
 
 log = logging.getLogger(__name__)
@@ -145,7 +143,7 @@ def _message(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Message", exc))
 
 
-def _describe(cfn: Any, stack: str) -> dict[str, Any] | None:
+def describe_stack(cfn: Any, stack: str) -> dict[str, Any] | None:
     """The stack (by name or id), or None if there is none."""
     try:
         stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
@@ -156,17 +154,17 @@ def _describe(cfn: Any, stack: str) -> dict[str, Any] | None:
     return dict(stacks[0]) if stacks else None
 
 
-def _outputs(stack: Mapping[str, Any]) -> dict[str, str]:
+def outputs_of(stack: Mapping[str, Any]) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs") or []}
 
 
 @aws_errors("reading the stack's outputs", DeployError)
 def stack_outputs(endpoint: Endpoint, stack_name: str = DEFAULT_STACK_NAME) -> dict[str, str]:
     """The deployed stack's Outputs (TableName, ExportsBucket, IotPolicyName, ...)."""
-    stack = _describe(endpoint.client("cloudformation"), stack_name)
+    stack = describe_stack(endpoint.client("cloudformation"), stack_name)
     if stack is None:
         raise StackNotFound(f"no stack {stack_name}: deploy it with `cloud deploy`")
-    return _outputs(stack)
+    return outputs_of(stack)
 
 
 @aws_errors("listing the stack's resources", DeployError)
@@ -260,7 +258,7 @@ def _wait(
     deadline = time.monotonic() + timeout
     failures: list[StackEvent] = []
     while True:
-        stack = _describe(cfn, stack_id)
+        stack = describe_stack(cfn, stack_id)
         if stack is None:  # AWS keeps deleted stacks describable by id; moto drops them
             return "DELETE_COMPLETE", failures
         try:
@@ -307,7 +305,7 @@ def deploy(
     """
     cfn = endpoint.client("cloudformation")
     body = template.render()
-    existing = _describe(cfn, stack_name)
+    existing = describe_stack(cfn, stack_name)
     common: dict[str, Any] = {
         "StackName": stack_name,
         "TemplateBody": body,
@@ -340,7 +338,7 @@ def deploy(
     except ClientError as exc:
         if _code(exc) == "ValidationError" and "No updates are to be performed" in _message(exc):
             log.info("stack %s is up to date", stack_name)
-            return _outputs(existing or {})
+            return outputs_of(existing or {})
         raise DeployError(
             f"cannot deploy stack {stack_name}: {_message(exc)}", _code(exc)
         ) from None
@@ -350,7 +348,7 @@ def deploy(
         raise DeployError(
             f"stack {stack_name} ended {status}: {_failure_text(failures)}{hint}", status
         )
-    return _outputs(_describe(cfn, stack_id) or {})
+    return outputs_of(describe_stack(cfn, stack_id) or {})
 
 
 # -- destroy ----------------------------------------------------------------------------------
@@ -401,7 +399,7 @@ def _empty_bucket(s3: Any, bucket: str) -> int:
     return deleted
 
 
-def _policy_targets(iot: Any, policy: str) -> list[str]:
+def policy_targets(iot: Any, policy: str) -> list[str]:
     targets: list[str] = []
     try:
         for page in iot.get_paginator("list_targets_for_policy").paginate(policyName=policy):
@@ -458,13 +456,13 @@ def destroy(
     policy); with `force`, empty, detach, then delete. Raises StackNotFound if absent."""
     client = Clients(endpoint)
     cfn = client("cloudformation")
-    stack = _describe(cfn, stack_name)
+    stack = describe_stack(cfn, stack_name)
     if stack is None:
         raise StackNotFound(f"no stack {stack_name}; nothing to destroy")
     stack_id = str(stack["StackId"])
     if str(stack["StackStatus"]).endswith("_IN_PROGRESS"):
         raise DeployError(f"stack {stack_name} is busy ({stack['StackStatus']}); try again later")
-    outputs = _outputs(stack)
+    outputs = outputs_of(stack)
     resources = _resources(cfn, stack_id)
     buckets = [pid for kind, pid in resources.values() if kind == "AWS::S3::Bucket" and pid]
     tables = [pid for kind, pid in resources.values() if kind == "AWS::DynamoDB::Table" and pid]
@@ -473,7 +471,7 @@ def destroy(
 
     nonempty = [b for b in buckets if _bucket_exists(s3, b) and any(_object_versions(s3, b, 1))]
     filled = [t for t in tables if _table_has_items(client("dynamodb"), t)]
-    targets = _policy_targets(iot, policy) if policy else []
+    targets = policy_targets(iot, policy) if policy else []
     if not force:
         blockers = [f"bucket {b} holds objects" for b in nonempty]
         blockers += [f"table {t} holds readings" for t in filled]
@@ -527,103 +525,3 @@ def destroy(
         to_check.add(("AWS::IoT::Policy", policy))
     left = sorted(f"{kind} {pid}" for kind, pid in to_check if _still_there(client, kind, pid))
     return DestroyResult(stack_name, status, emptied, detached, left)
-
-
-# -- status -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AwsStatus:
-    stack_name: str
-    stack_status: str | None  # None: not deployed
-    outputs: dict[str, str]
-    iot_endpoint: str | None  # the account's ATS data endpoint, for devices
-    table: str | None
-    item_count: int | None
-    item_count_exact: bool  # False: DynamoDB's own figure, refreshed about every 6 hours
-    last_readings: dict[str, Row | None]  # thing name -> its newest reading
-
-    @property
-    def broker_url(self) -> str | None:
-        return f"mqtts://{self.iot_endpoint}:8883" if self.iot_endpoint else None
-
-
-@aws_errors("reading the IoT data endpoint", DeployError)
-def iot_data_endpoint(endpoint: Endpoint) -> str:
-    """The account's `iot:Data-ATS` host, which devices connect to on port 8883."""
-    return ats_host(endpoint.client("iot"))
-
-
-def ats_host(iot: Any) -> str:
-    """`iot_data_endpoint` with an IoT client at hand."""
-    try:
-        reply = iot.describe_endpoint(endpointType="iot:Data-ATS")
-    except ClientError as exc:
-        raise DeployError(
-            f"cannot read the IoT data endpoint: {_message(exc)}", _code(exc)
-        ) from None
-    return str(reply["endpointAddress"])
-
-
-@aws_errors("listing the devices", DeployError)
-def device_things(endpoint: Endpoint, policy_name: str) -> list[str]:
-    """The things whose certificates carry the stack's IoT policy: its devices."""
-    return _device_things(endpoint.client("iot"), policy_name)
-
-
-def _device_things(iot: Any, policy_name: str) -> list[str]:
-    things: set[str] = set()
-    for target in _policy_targets(iot, policy_name):
-        for page in iot.get_paginator("list_principal_things").paginate(principal=target):
-            things.update(page.get("things", []))
-    return sorted(things)
-
-
-@aws_errors("status", DeployError)
-def aws_status(
-    endpoint: Endpoint,
-    stack_name: str = DEFAULT_STACK_NAME,
-    table: str | None = None,
-    *,
-    exact_count: bool = False,
-) -> AwsStatus:
-    """What is deployed and what arrived. `table` defaults to the stack's TableName output.
-
-    The item count is DynamoDB's own (free, up to ~6 hours old) unless `exact_count`, which
-    scans the whole table: read units for every item, so not for a large table.
-    """
-    client = Clients(endpoint)
-    stack = _describe(client("cloudformation"), stack_name)
-    outputs = _outputs(stack) if stack else {}
-    table = table or outputs.get("TableName")
-    iot_host = ats_host(client("iot"))
-    count: int | None = None
-    readings: dict[str, Row | None] = {}
-    ddb = client("dynamodb")
-    if table:
-        try:
-            if exact_count:
-                count = item_count(ddb, table)
-            else:
-                count = int(ddb.describe_table(TableName=table)["Table"].get("ItemCount", 0))
-        except ClientError as exc:
-            if _code(exc) != "ResourceNotFoundException":
-                raise DeployError(
-                    f"cannot read table {table}: {_message(exc)}", _code(exc)
-                ) from None
-            table = None
-    policy = outputs.get("IotPolicyName")
-    if policy:
-        for thing in _device_things(client("iot"), policy):
-            newest = next(iter(query_readings(ddb, table, thing, limit=1)), None) if table else None
-            readings[thing] = newest
-    return AwsStatus(
-        stack_name=stack_name,
-        stack_status=str(stack["StackStatus"]) if stack else None,
-        outputs=outputs,
-        iot_endpoint=iot_host,
-        table=table,
-        item_count=count,
-        item_count_exact=exact_count,
-        last_readings=readings,
-    )
