@@ -7,6 +7,9 @@ in its table) or devices still use its IoT policy, unless forced; forced, it emp
 buckets and detaches the policy, deletes the stack, then checks that each resource is gone
 (the stack's status alone is not proof: moto, for one, reports success for resources it
 skipped). What runs (`cloud status`) is reported by `cloud.stack.status`.
+
+Both operations live here, past the usual length, because they share the stack plumbing
+(describing it, its event feed, the wait for it to settle, AWS's errors as the project's).
 """
 
 from __future__ import annotations
