@@ -69,7 +69,7 @@ try:
 
     from cloud.aws import LOCAL_CREDENTIALS, Endpoint
     from cloud.errors import PipelineError
-    from cloud.export.run import ExportSpec
+    from cloud.export.spec import ExportSpec
     from cloud.table import create_table
 except ImportError as _exc:  # run by a Python without the project: say which one to use
     sys.exit(f"export_scan: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")

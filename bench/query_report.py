@@ -68,7 +68,8 @@ try:
 
     from cloud.errors import PipelineError
     from cloud.export import layout
-    from cloud.export.run import Exporter, ExportResult, ExportSpec
+    from cloud.export.exporter import Exporter
+    from cloud.export.spec import ExportResult, ExportSpec
     from cloud.export.storage import open_destination
     from cloud.ingest.rule import to_item
     from cloud.query.reports import Window

@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.export.run import ExportResult
+from cloud.export.spec import ExportResult
 from cloud.ingest.service import IngestSettings
 from device.payload import Reading
 from tests.cloud.conftest import DevicePublisher

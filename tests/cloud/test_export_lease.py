@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.export.run import ExportError, ExportResult, ExportSpec, run_export
+from cloud.export.run import run_export
+from cloud.export.spec import ExportError, ExportResult, ExportSpec
 from tests.cloud.test_export import (
     DATA,
     assert_no_leftovers,

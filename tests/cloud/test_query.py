@@ -1,5 +1,5 @@
 """`cloud query` over exports written here by hand in cloud/export/layout.py's layout (not by
-cloud/export/run.py, so these tests pin the layout contract itself): DuckDB in process, over a
+the exporter, so these tests pin the layout contract itself): DuckDB in process, over a
 folder and over S3 on the moto server."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from cloud.query.engines import sql_literal as _literal
 
 HTTPFS_PACKAGE = "duckdb_extension_httpfs"
 
-# The manifest area of `cloud export --method native` (cloud.export.run.NATIVE); kept apart so
+# The manifest area of `cloud export --method native` (cloud.export.spec.NATIVE); kept apart so
 # reading an export never imports the exporter.
 NATIVE = "native"
 
