@@ -73,14 +73,10 @@ try:
     from cloud.errors import PipelineError
     from cloud.identity.local_ca import Identity
     from cloud.ingest.rule import to_item
-    from cloud.ingest.service import (
-        MAX_BATCH,
-        MAX_WRITERS,
-        Ingest,
-        IngestSettings,
-        IngestStats,
-        table_client,
-    )
+    from cloud.ingest.service import Ingest
+    from cloud.ingest.settings import MAX_BATCH_WRITE_ITEMS as MAX_BATCH
+    from cloud.ingest.settings import MAX_WRITERS, IngestSettings, IngestStats
+    from cloud.ingest.writer import table_client
     from cloud.table import create_table
     from device.payload import Reading
 except ImportError as _exc:  # run by a Python without the project: say which one to use

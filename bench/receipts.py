@@ -40,7 +40,8 @@ try:
 
     from cloud.aws import Endpoint
     from cloud.errors import PipelineError
-    from cloud.ingest.service import Ingest, IngestSettings
+    from cloud.ingest.service import Ingest
+    from cloud.ingest.settings import IngestSettings
     from cloud.local.moto import MotoServer
     from cloud.table import create_table
 except ImportError as _exc:  # run by a Python without the project: say which one to use

@@ -71,7 +71,9 @@ try:
     from cloud.errors import PipelineError
     from cloud.ingest.deadletter import DeadLetterFile
     from cloud.ingest.rule import to_item
-    from cloud.ingest.service import MAX_BATCH, Ingest, IngestSettings
+    from cloud.ingest.service import Ingest
+    from cloud.ingest.settings import MAX_BATCH_WRITE_ITEMS as MAX_BATCH
+    from cloud.ingest.settings import IngestSettings
     from cloud.local import table_engine
     from cloud.local.moto import MotoServer
     from cloud.local.ports import free_port, wait_listening

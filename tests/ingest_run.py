@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.ingest.service import Ingest, IngestSettings, IngestStats
+from cloud.ingest.service import Ingest
+from cloud.ingest.settings import IngestSettings, IngestStats
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.conftest import Pki
 from tests.ingest_run import Running, ingest_runner

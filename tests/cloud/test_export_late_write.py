@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
 from cloud.export.spec import ExportResult
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from device.payload import Reading
 from tests.cloud.conftest import DevicePublisher
 from tests.cloud.test_export import BASE_MS, data_lines, export, from_datapipeline

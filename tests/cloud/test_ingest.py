@@ -28,7 +28,7 @@ from cloud.ingest.deadletter import (
     DeadLetterFile,
     read_dead_letters,
 )
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from cloud.table import StoreError, create_table, item_count
 from device.backoff import Backoff
@@ -324,7 +324,8 @@ CHILD = """
 import json, logging, signal, sys, threading
 from pathlib import Path
 from cloud.aws import Endpoint
-from cloud.ingest.service import Ingest, IngestSettings
+from cloud.ingest.service import Ingest
+from cloud.ingest.settings import IngestSettings
 from cloud.identity.local_ca import Identity
 
 cfg = json.loads(sys.argv[1])

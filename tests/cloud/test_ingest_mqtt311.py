@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud.errors import ConfigError
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from tests.cloud.conftest import scan_items
 from tests.mqtt import finish, start_agent
 

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.table import StoreError
 from device.payload import Reading, parse_receipt
 from tests.cloud.conftest import DevicePublisher, Running, scan_items

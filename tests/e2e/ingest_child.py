@@ -18,7 +18,8 @@ from typing import Any
 
 from cloud.aws import Endpoint
 from cloud.identity.local_ca import Identity
-from cloud.ingest.service import Ingest, IngestSettings
+from cloud.ingest.service import Ingest
+from cloud.ingest.settings import IngestSettings
 
 
 class StallingWriter:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from tests.e2e.conftest import (
     FLEET,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import MAX_QUEUED_MESSAGES, Mosquitto
 from tests.conftest import Pki
 from tests.e2e.conftest import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from cloud.table import item_count
 from tests.e2e.conftest import (

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 
 from cloud.ingest.deadletter import PAYLOAD_PREFIX_BYTES, read_dead_letters
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import MAX_PACKET_BYTES, Mosquitto
 from device.payload import MAX_PAYLOAD_BYTES
 from tests.conftest import Pki

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from cloud.aws import Endpoint
 from cloud.ingest.deadletter import read_dead_letters
 from cloud.ingest.rule import to_item
-from cloud.ingest.service import IngestSettings
+from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from device.payload import (
     MAX_PAYLOAD_BYTES,
