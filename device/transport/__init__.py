@@ -4,6 +4,9 @@ A transport owns its connection and reconnects by itself; the agent hands it mes
 a token (the reading's seq) and hears back through callbacks when the broker acknowledged
 one, or when the connection came or went. With `config.receipts` it also subscribes to the
 device's receipt topic on every connection and hands on the readings each receipt confirms.
+
+`session` is not a transport: it is the MQTT session over paho that the paho transport and
+`cloud ingest` share (client, TLS, MQTT 5 or 3.1.1, connect errors, backoff).
 """
 
 from __future__ import annotations

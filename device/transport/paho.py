@@ -8,7 +8,9 @@ subscribers, or refuses it by ACL, still acknowledges it (receipts cover that).
 paho keeps unacknowledged QoS 1 publishes in memory and resends them after a reconnect, so
 within one process nothing needs resending by the agent; the outbox covers restarts.
 The network loop is ours rather than `loop_forever`'s, for backoff with jitter and to tell
-errors worth retrying from those that are not.
+errors worth retrying from those that are not. The client, its session, what a failed
+connect or CONNACK means and the backoff are device.transport.session's, shared with
+`cloud ingest`; the status topic, its will and the receipts subscription are the agent's.
 """
 
 from __future__ import annotations
