@@ -6,7 +6,7 @@ of 127.0.0.1, with one Mosquitto (mutual TLS, the project's ACL) and the real in
 its MQTT network thread, its writers), with ingest's default settings (those `cloud local
 up` runs it with) but for the table's name. The only thing added is a thin wrapper around
 its boto3 client that notes when each BatchWriteItem returned and which items it wrote (the
-client is `cloud.ingest.service.table_client`, the one `Ingest.run` makes: one attempt per call,
+client is `cloud.ingest.writer.table_client`, the one `Ingest.run` makes: one attempt per call,
 bounded in time).
 
 Per engine, in alternating rounds (the order of the three sides flips every round):

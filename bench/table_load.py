@@ -7,7 +7,7 @@ folder that is deleted at the end, also on failure, Ctrl-C or SIGTERM. Per engin
 1. Load rate, ours against a raw baseline, in alternating rounds (which side goes first
    alternates; each round has sensor ids of its own, so every item is a new key) on a fixed
    sample, each side into a table of its own on the same engine:
-   - ours: the ingest worker itself, `Ingest._work`, fed through `Ingest._on_message` (the
+   - ours: the ingest worker itself, `Ingest._work`, fed through its link's `_on_message` (the
      callback paho calls) with the JSON payloads a fleet sends. So each message goes
      through `cloud.ingest.rule.to_item` (payload checks, the rule's mapping, ReceivedAt = now),
      the duplicate check, 25-item batches and `Ingest._flush` (BatchWriteItem, retrying
@@ -224,7 +224,7 @@ def load_ours(
             msg = mqtt.MQTTMessage(mid=i % 65535 + 1, topic=topic.encode())
             msg.payload = payload
             msg.qos = 1
-            ingest._on_message(ingest._client, None, msg)
+            ingest._link._on_message(ingest._link.client, None, msg)
         ingests.append(ingest)
         writers.append(writer)
 
