@@ -171,7 +171,7 @@ class Session:
                 soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
                 return ConnectFailure(
                     f"cannot connect to {label}: this process is out of file descriptors "
-                    f"(ulimit -n is {soft}; raise it, or run fewer devices per process)"
+                    f"(ulimit -n is {soft}; raise it, or have this process hold fewer connections)"
                 )
             return ConnectFailure(f"cannot reach broker {label} ({exc.strerror or exc})")
         return None
