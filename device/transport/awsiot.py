@@ -27,6 +27,7 @@ from awsiot import mqtt5_client_builder
 from device.config import AgentConfig
 from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
 from device.transport import Callbacks, receipts_refused
+from device.transport.session import FATAL_CONNACK, UNSUPPORTED_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,9 @@ MAX_RECONNECT_DELAY_MS = 30_000
 #: How long stop() waits for the broker to acknowledge the retained `offline`.
 OFFLINE_ACK_TIMEOUT = 5.0
 
-#: CONNACK reason codes that retrying cannot fix.
-_FATAL_CONNACK = {
-    mqtt5.ConnectReasonCode.NOT_AUTHORIZED,
-    mqtt5.ConnectReasonCode.BAD_USERNAME_OR_PASSWORD,
-    mqtt5.ConnectReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-    mqtt5.ConnectReasonCode.BANNED,
-    mqtt5.ConnectReasonCode.BAD_AUTHENTICATION_METHOD,
-    mqtt5.ConnectReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-}
+#: CONNACK reason codes that retrying cannot fix: the paho session's, and a broker without
+#: MQTT 5 (this transport speaks nothing else).
+_FATAL_CONNACK = FATAL_CONNACK | {UNSUPPORTED_VERSION}
 #: A broker DISCONNECT for these would only repeat after every reconnect.
 _FATAL_DISCONNECT = {
     mqtt5.DisconnectReasonCode.NOT_AUTHORIZED,
