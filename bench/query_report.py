@@ -69,8 +69,8 @@ try:
     from cloud.errors import PipelineError
     from cloud.export import layout
     from cloud.export.exporter import Exporter
+    from cloud.export.location import open_destination
     from cloud.export.spec import ExportResult, ExportSpec
-    from cloud.export.storage import open_destination
     from cloud.ingest.rule import to_item
     from cloud.query.reports import Window
     from cloud.query.run import QueryResult, run_report

@@ -18,8 +18,8 @@ until the next run, and during a `--full` run old and new rows are both visible 
 whole run, not for a moment. The price on S3 is one server-side copy per file.
 One export per destination and format at a time: a second one started concurrently would take
 the first one's staging area for a crashed run's and delete it. So a run holds
-`_manifests/<format>/lease` from before its first settle() until it ends (cloud/export/storage.py:
-an flock in a folder, which dies with its process; on S3 an object created with a
+`_manifests/<format>/lease` from before its first settle() until it ends (cloud/export/folder.py
+and s3.py: an flock in a folder, which dies with its process; on S3 an object created with a
 conditional put and renewed while the run goes on, which a dead run's stops being after
 LEASE_SECONDS), and a second run is refused with the holder's start time. As a last guard,
 the commit checks that every staged file is still there before it writes the manifest.

@@ -28,9 +28,10 @@ from botocore.exceptions import ClientError
 
 from cloud.export.ledger import Ledger, iso_time, new_run_id
 from cloud.export.progress import Progress
+from cloud.export.s3 import S3Prefix
 from cloud.export.scan import describe_table, table_error
 from cloud.export.spec import NATIVE, NATIVE_DIR, ExportError, ExportResult, ExportSpec
-from cloud.export.storage import Destination, Lease, S3Prefix
+from cloud.export.storage import Destination, Lease
 
 
 class NativeExport:

@@ -24,10 +24,10 @@ from typing import TextIO
 
 from cloud.aws import Endpoint
 from cloud.export.exporter import Exporter
+from cloud.export.location import open_destination
 from cloud.export.native import NativeExport
 from cloud.export.progress import LineProgress, Progress
 from cloud.export.spec import NATIVE, ExportResult, ExportSpec
-from cloud.export.storage import open_destination
 from cloud.export.writers import EventHook
 
 #: What `cloud export` (cloud/cli.py) calls: a spec in, a run, its progress line.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cloud.errors import PipelineError
 from cloud.export import layout
+from cloud.export.location import ExportRoot
 from cloud.export.progress import human_bytes
 from cloud.export.storage import StoredObject
 from cloud.timeparse import iso_ms
@@ -53,6 +54,7 @@ class ExportSpec:
     def __post_init__(self) -> None:
         if not self.destination:
             raise ExportError("--to: give a folder or s3://BUCKET/PREFIX")
+        ExportRoot.to_write(self.destination, "--to")  # refused here, before any work
         if self.fmt not in layout.FORMATS:
             raise ExportError(f"--format {self.fmt!r}: one of {', '.join(layout.FORMATS)}")
         if self.method not in METHODS:

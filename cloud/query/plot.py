@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from cloud.aws import Endpoint
 from cloud.errors import PipelineError
-from cloud.query.engines import Where
+from cloud.export.location import Where
 from cloud.query.reports import Window
 from cloud.query.run import run_report
 from cloud.table import query_readings

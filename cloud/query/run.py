@@ -19,21 +19,19 @@ from typing import Any
 from cloud import target as targets
 from cloud.aws import Endpoint
 from cloud.errors import ConfigError
+from cloud.export.location import ExportRoot, Where
 from cloud.query.engines import (
     ENGINES,
-    DataLocation,
     Engine,
     Param,
     QueryError,
     QueryResult,
-    Where,
 )
 from cloud.query.engines.athena import AthenaSettings
 from cloud.query.reports import Window, report_query
 
 __all__ = [
     "ENGINES",
-    "DataLocation",
     "QueryError",
     "QueryResult",
     "QueryTarget",
@@ -49,7 +47,7 @@ __all__ = [
 class QueryTarget:
     """What a query reads, and the AWS endpoint to read it through."""
 
-    data: DataLocation
+    data: ExportRoot
     endpoint: Endpoint
 
 
@@ -58,7 +56,7 @@ def resolve_target(
 ) -> QueryTarget:
     """--data if given, else the local stack's exports folder; a folder needs no AWS at all."""
     if data is not None:
-        location = DataLocation.parse(data)
+        location = ExportRoot.to_read(data)
         if not location.is_s3:
             return QueryTarget(location, Endpoint())
     chosen = targets.resolve(target, endpoint_url)
@@ -68,7 +66,7 @@ def resolve_target(
             f"no export yet in {chosen.stack.exports_dir}: `cloud export` writes the local "
             "stack's table there (or give --data DIR)"
         )
-    location = DataLocation.parse(chosen.exports(data, "--data"))
+    location = ExportRoot.to_read(chosen.exports(data, "--data"))
     if chosen.stack is not None:
         return QueryTarget(location, Endpoint())
     return QueryTarget(location, chosen.endpoint)
@@ -81,7 +79,7 @@ def open_engine(
     athena: AthenaSettings | None = None,
 ) -> Engine:
     """An engine over the export at `data`; close it when done (or use `engine_for`)."""
-    location = DataLocation.of(data)
+    location = ExportRoot.of(data)
     if engine == "duckdb":
         from cloud.query.engines.duckdb import DuckDBEngine
 

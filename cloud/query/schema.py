@@ -1,6 +1,6 @@
 """The export's tables, defined once: Athena's DDL and DuckDB's views both come from here.
 
-(The statements are built from constants and `DataLocation`s, hence the S608 waivers.)
+(The statements are built from constants and `ExportRoot`s, hence the S608 waivers.)
 
 - `sensor_data`: the tutorial's table over Data Pipeline JSON lines, struct columns
   (`sensorid.s`, `currenttime.n`, `temperature.n`), so its SQL runs unchanged on both engines.
@@ -8,7 +8,7 @@
   (`cloud.export.layout.PARQUET_COLUMNS`), with Athena partition projection on `dt` so no
   partition is ever registered by hand.
 
-Locations are `DataLocation`s (validated on construction), never text from user SQL.
+Locations are `ExportRoot`s (validated on construction), never text from user SQL.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cloud.export.layout import DATA_PREFIX, PARQUET_COLUMNS, PARTITION_KEY
-from cloud.query.engines import DataLocation
+from cloud.export.location import ExportRoot
 from cloud.query.engines import sql_literal as _literal
 
 SENSOR_DATA = "sensor_data"
@@ -87,8 +87,8 @@ def duckdb_type(athena_type: str, upper_fields: bool = False) -> str:
     return f"STRUCT({', '.join(fields)})"
 
 
-def _location(location: DataLocation | str) -> DataLocation:
-    return location if isinstance(location, DataLocation) else DataLocation(location)
+def _location(location: ExportRoot | str) -> ExportRoot:
+    return location if isinstance(location, ExportRoot) else ExportRoot(location)
 
 
 def data_prefix(table: str) -> str:
@@ -96,12 +96,12 @@ def data_prefix(table: str) -> str:
     return DATA_PREFIX[TABLE_FORMAT[table]]
 
 
-def table_location(table: str, location: DataLocation | str) -> str:
+def table_location(table: str, location: ExportRoot | str) -> str:
     """Where a table's data lives under an export root, with the trailing slash Athena wants."""
     return _location(location).join(data_prefix(table)) + "/"
 
 
-def data_glob(table: str, location: DataLocation | str) -> str:
+def data_glob(table: str, location: ExportRoot | str) -> str:
     """The files a table reads: every file under sensor_data/ (Data Pipeline names its files
     without an extension), and only `dt=*/*.parquet` under readings/."""
     base = table_location(table, location)
@@ -111,7 +111,7 @@ def data_glob(table: str, location: DataLocation | str) -> str:
 # -- Athena --------------------------------------------------------------------------------
 
 
-def athena_ddl(table: str, location: DataLocation | str) -> str:
+def athena_ddl(table: str, location: ExportRoot | str) -> str:
     """CREATE EXTERNAL TABLE for `table` over the export rooted at `location`.
 
     For `sensor_data` this is the tutorial's statement, with LOCATION at the export's
@@ -167,9 +167,7 @@ def _files_argument(files: str | Sequence[str]) -> str:
     return "[" + ", ".join(_literal(f) for f in files) + "]"
 
 
-def duckdb_view(
-    table: str, location: DataLocation | str, files: Sequence[str] | None = None
-) -> str:
+def duckdb_view(table: str, location: ExportRoot | str, files: Sequence[str] | None = None) -> str:
     """CREATE VIEW giving `table` the same columns and types as its Athena table, over
     `files` (listed by the caller) or else every file `data_glob` matches."""
     files_arg = _files_argument(data_glob(table, location) if files is None else files)
@@ -201,7 +199,7 @@ def duckdb_view(
     raise ValueError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
 
 
-def duckdb_views(location: DataLocation | str, tables: tuple[str, ...] = TABLES) -> list[str]:
+def duckdb_views(location: ExportRoot | str, tables: tuple[str, ...] = TABLES) -> list[str]:
     return [duckdb_view(table, location) for table in tables]
 
 

@@ -26,9 +26,10 @@ from click.testing import CliRunner
 from cloud.aws import LOCAL_CREDENTIALS, Endpoint
 from cloud.cli import main
 from cloud.errors import ConfigError
+from cloud.export.location import ExportRoot
 from cloud.local.moto import MotoServer
 from cloud.query import schema
-from cloud.query.engines import DataLocation, QueryError
+from cloud.query.engines import QueryError
 from cloud.query.engines.athena import AthenaEngine, AthenaSettings, athena_literal
 from cloud.query.reports import Window
 from cloud.query.run import run_report
@@ -86,7 +87,7 @@ class Athena:
         self.clients = {name: self.endpoint.client(name) for name in ("athena", "glue", "s3")}
         self.client = self.clients["athena"]
         self.bucket = bucket
-        self.data = DataLocation(f"s3://{bucket}/export")
+        self.data = ExportRoot(f"s3://{bucket}/export")
         self.output = f"s3://{bucket}/results/"
 
     def inject(self, *results: dict[str, Any]) -> None:
@@ -403,9 +404,9 @@ def test_a_query_running_too_long_is_stopped(athena: Athena):
 
 def test_athena_needs_s3_data(tmp_path: Path, athena: Athena):
     with pytest.raises(ConfigError, match="reads S3 only"):
-        AthenaEngine(DataLocation(str(tmp_path)), athena.endpoint, AthenaSettings())
+        AthenaEngine(ExportRoot(str(tmp_path)), athena.endpoint, AthenaSettings())
     engine = AthenaEngine(
-        DataLocation(f"s3://{athena.bucket}/nothing-here"),
+        ExportRoot(f"s3://{athena.bucket}/nothing-here"),
         athena.endpoint,
         AthenaSettings(),
         clients=athena.clients,
@@ -417,7 +418,7 @@ def test_athena_needs_s3_data(tmp_path: Path, athena: Athena):
 def stubbed_engine() -> tuple[AthenaEngine, Stubber]:
     client = boto3.client("athena", region_name="us-east-1", **LOCAL_CREDENTIALS)
     engine = AthenaEngine(
-        DataLocation("s3://bucket/export"),
+        ExportRoot("s3://bucket/export"),
         Endpoint("http://127.0.0.1:9", "us-east-1"),  # never reached: every call is stubbed
         AthenaSettings(output="s3://bucket/results/"),
         clients={"athena": client, "glue": object(), "s3": object()},

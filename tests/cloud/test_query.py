@@ -22,10 +22,11 @@ from cloud.aws import Endpoint
 from cloud.cli import main
 from cloud.errors import ConfigError
 from cloud.export.layout import PARQUET_COLUMNS
+from cloud.export.location import ExportRoot
 from cloud.local.stack import StackState
 from cloud.query import run as query_module
 from cloud.query import schema
-from cloud.query.engines import DataLocation, QueryError
+from cloud.query.engines import QueryError
 from cloud.query.reports import Window, report_query
 from cloud.query.run import format_result, resolve_target, run_query, run_report
 from cloud.target import Target
@@ -477,10 +478,10 @@ def test_without_data_and_without_a_local_stack_says_what_is_missing(
 def test_bad_locations_are_refused():
     for bad in ("s3://", "s3://UPPER/x", "s3://bucket/it's", "s3://bucket/a*b", "/tmp/it's"):
         with pytest.raises(ConfigError):
-            DataLocation(bad)
-    assert DataLocation.parse("s3://bucket/pre/fix/").url == "s3://bucket/pre/fix"
-    assert DataLocation.parse("s3://bucket").key_prefix == ""
-    assert DataLocation.parse("s3://bucket/a/b").key_prefix == "a/b/"
+            ExportRoot(bad)
+    assert ExportRoot.to_read("s3://bucket/pre/fix/").url == "s3://bucket/pre/fix"
+    assert ExportRoot.to_read("s3://bucket").key_prefix == ""
+    assert ExportRoot.to_read("s3://bucket/a/b").key_prefix == "a/b/"
 
 
 def test_table_output_aligns_numbers_right():

@@ -20,9 +20,9 @@ from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
 from cloud.errors import ConfigError
+from cloud.export.location import ExportRoot
 from cloud.query import schema
 from cloud.query.engines import (
-    DataLocation,
     Param,
     QueryError,
     QueryResult,
@@ -107,7 +107,7 @@ class AthenaEngine:
 
     def __init__(
         self,
-        data: DataLocation,
+        data: ExportRoot,
         endpoint: Endpoint,
         settings: AthenaSettings,
         *,

@@ -19,9 +19,9 @@ import duckdb
 
 from cloud.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, Endpoint
 from cloud.export.layout import manifest_prefix
+from cloud.export.location import ExportRoot
 from cloud.query import schema
 from cloud.query.engines import (
-    DataLocation,
     Param,
     QueryError,
     QueryResult,
@@ -54,7 +54,7 @@ class DuckDBEngine:
 
     name = "duckdb"
 
-    def __init__(self, data: DataLocation, endpoint: Endpoint | None = None) -> None:
+    def __init__(self, data: ExportRoot, endpoint: Endpoint | None = None) -> None:
         self.data = data
         self._con = duckdb.connect(
             config={
@@ -242,7 +242,7 @@ def httpfs_extension_path() -> Path:
     return path
 
 
-def empty_export_message(data: DataLocation) -> str:
+def empty_export_message(data: ExportRoot) -> str:
     return (
         f"no export data at {data}: expected sensor_data/ (datapipeline JSON lines), "
         "readings/dt=YYYY-MM-DD/*.parquet, or a DynamoDB export (AWSDynamoDB/<id>/data/); "
