@@ -1,14 +1,30 @@
-"""The cloud package's exceptions: one root, a shallow tree."""
+"""Every error the cloud tooling raises on purpose, in one shallow tree, and the one place
+an AWS error's code and message are read.
+
+The CLI prints any `PipelineError` as one line and exits 1 (cloud.cli); anything else is
+a bug and keeps its traceback. `code`, when set, is AWS's error code (or
+a query engine's error class), for callers that act on it and for tests.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # botocore comes with the cloud extra; this module must import without it
+    from botocore.exceptions import ClientError
 
 
 class PipelineError(Exception):
     """Root of every error the cloud tooling raises on purpose."""
 
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class ConfigError(PipelineError):
-    """A setting is missing or wrong; the message names it and where it was read."""
+    """A setting of a `cloud` command is missing or wrong; the message names it and where it
+    was read. (The agent's own settings raise device.errors.ConfigError.)"""
 
 
 class LocalStackError(PipelineError):
@@ -17,3 +33,45 @@ class LocalStackError(PipelineError):
 
 class CertificateError(PipelineError):
     """A key or certificate cannot be made, read or replaced."""
+
+
+class ProvisionError(PipelineError):
+    """A device identity cannot be made or revoked in AWS IoT."""
+
+
+class IngestError(PipelineError):
+    """The bridge cannot go on: the broker refuses our certificate, client id or subscription."""
+
+
+class DeadLetterError(PipelineError):
+    """The dead-letter file cannot be written or read."""
+
+
+class PlotError(PipelineError):
+    """Nothing to plot, or the image cannot be written."""
+
+
+class DeployError(PipelineError):
+    """A stack operation failed or was refused."""
+
+
+class StackNotFound(DeployError):
+    """No stack of that name exists (`cloud deploy` makes one)."""
+
+
+class DestroyRefused(DeployError):
+    """The stack still holds data or serves devices; `blockers` says which, force removes them."""
+
+    def __init__(self, message: str, blockers: list[str]) -> None:
+        super().__init__(message)
+        self.blockers = blockers
+
+
+def aws_code(exc: ClientError) -> str:
+    """AWS's error code of a failed call ("" when the answer had none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def aws_message(exc: ClientError) -> str:
+    """AWS's message of a failed call (the exception's text when the answer had none)."""
+    return str(exc.response.get("Error", {}).get("Message", exc))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from botocore.exceptions import (
@@ -18,7 +21,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloud.aws import TABLE_NAME, Endpoint
-from cloud.errors import ConfigError, PipelineError
+from cloud.errors import ConfigError, PipelineError, aws_code
 from cloud.local.stack import StackState, running_state
 
 TARGETS = ("local", "aws")
@@ -153,3 +156,27 @@ def unreachable(url: str, root: Path | None = None) -> str:
     given = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/")
     source = "AWS_ENDPOINT_URL" if given == base else "--endpoint-url or AWS_ENDPOINT_URL"
     return f"nothing answers at {base} ({source}): start that server, or fix the address"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def aws_errors(what: str, error: Callable[[str, str | None], PipelineError]) -> Callable[[F], F]:
+    """AWS's errors as the project's own, so the CLI prints one line: a ClientError
+    becomes `error` (with AWS's code), missing credentials a ConfigError saying what to set."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except ClientError as exc:
+                raise error(f"{what} failed: {exc}", aws_code(exc)) from None
+            except NoCredentialsError:
+                raise ConfigError(NO_CREDENTIALS) from None
+            except BotoCoreError as exc:
+                raise error(f"{what} failed: {aws_problem(exc) or exc}", None) from None
+
+        return cast(F, wrapper)
+
+    return decorate

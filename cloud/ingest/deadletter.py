@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cloud.errors import PipelineError
+from cloud.errors import DeadLetterError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 #: Bytes of a refused payload kept in its dead letter: the payload contract's limit
 #: (device.payload.MAX_PAYLOAD_BYTES), so a reading refused for its content is kept whole.
 PAYLOAD_PREFIX_BYTES = 4096
-
-
-class DeadLetterError(PipelineError):
-    """The dead-letter file cannot be written or read."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from cloud.errors import PipelineError
+from cloud.errors import IngestError
 from cloud.ingest.deadletter import DeadLetterFile
 from cloud.ingest.link import Delivery, Link, Receipt
 from cloud.ingest.settings import IngestSettings, IngestStats
@@ -59,10 +59,6 @@ from cloud.ingest.writer import Batch, BatchWriter, DynamoWriter, Write, table_c
 from device.backoff import Backoff
 
 log = logging.getLogger(__name__)
-
-
-class IngestError(PipelineError):
-    """The bridge cannot go on: the broker refuses our certificate, client id or subscription."""
 
 
 class Ingest:

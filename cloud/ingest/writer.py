@@ -30,6 +30,7 @@ from botocore.exceptions import (
 )
 
 from cloud.aws import Endpoint
+from cloud.errors import aws_code
 from cloud.ingest.deadletter import DeadLetter, DeadLetterFile
 from cloud.ingest.link import Delivery, Receipt
 from cloud.ingest.rule import to_item, topic_sensor_id
@@ -229,7 +230,7 @@ class BatchWriter:
             try:
                 answer = ddb.batch_write_item(RequestItems={table: pending})
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
+                code = aws_code(exc)
                 if code not in RETRYABLE_CODES:
                     raise _store_error(table, code, exc) from None
                 why = code

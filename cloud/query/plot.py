@@ -15,7 +15,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 from cloud.aws import Endpoint
-from cloud.errors import PipelineError
+from cloud.errors import PlotError
 from cloud.export.location import Where
 from cloud.query.reports import Window
 from cloud.query.run import run_report
@@ -25,10 +25,6 @@ Series = dict[str, list[tuple[dt.datetime, float]]]
 
 #: Above this many points a line alone reads better than a marker per reading.
 MARKER_LIMIT = 200
-
-
-class PlotError(PipelineError):
-    """Nothing to plot, or the image cannot be written."""
 
 
 def series_from_table(ddb: Any, table: str, window: Window) -> Series:

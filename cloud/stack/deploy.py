@@ -15,20 +15,26 @@ Both operations live here, past the usual length, because they share the stack p
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from cloud.aws import Endpoint
-from cloud.errors import ConfigError, PipelineError
+from cloud.errors import (
+    ConfigError,
+    DeployError,
+    DestroyRefused,
+    StackNotFound,
+    aws_code,
+    aws_message,
+)
 from cloud.stack import template
-from cloud.target import NO_CREDENTIALS, aws_problem
+from cloud.target import aws_errors
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +52,6 @@ STUCK = {
     "DELETE_FAILED": "an earlier destroy failed half-way",
     "REVIEW_IN_PROGRESS": "it holds only an unexecuted change set",
 }
-
-
-class DeployError(PipelineError):
-    """A stack operation failed or was refused; `code` is AWS's error code, if any."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class StackNotFound(DeployError):
-    """No stack of that name exists (`cloud deploy` makes one)."""
-
-
-class DestroyRefused(DeployError):
-    """The stack still holds data or serves devices; `blockers` says which, force removes them."""
-
-    def __init__(self, message: str, blockers: list[str]) -> None:
-        super().__init__(message)
-        self.blockers = blockers
 
 
 @dataclass(frozen=True)
@@ -114,46 +100,16 @@ class Clients:
         return self._made[service]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def aws_errors(what: str, error: Callable[[str, str | None], PipelineError]) -> Callable[[F], F]:
-    """AWS's errors as the project's own, so the CLI prints one line: a ClientError
-    becomes `error` (with AWS's code), missing credentials a ConfigError saying what to set."""
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return func(*args, **kwargs)
-            except ClientError as exc:
-                raise error(f"{what} failed: {exc}", _code(exc)) from None
-            except NoCredentialsError:
-                raise ConfigError(NO_CREDENTIALS) from None
-            except BotoCoreError as exc:
-                raise error(f"{what} failed: {aws_problem(exc) or exc}", None) from None
-
-        return cast(F, wrapper)
-
-    return decorate
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _message(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message", exc))
-
-
 def describe_stack(cfn: Any, stack: str) -> dict[str, Any] | None:
     """The stack (by name or id), or None if there is none."""
     try:
         stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
     except ClientError as exc:
-        if _code(exc) == "ValidationError" and "does not exist" in _message(exc):
+        if aws_code(exc) == "ValidationError" and "does not exist" in aws_message(exc):
             return None
-        raise DeployError(f"cannot describe stack {stack}: {_message(exc)}", _code(exc)) from None
+        raise DeployError(
+            f"cannot describe stack {stack}: {aws_message(exc)}", aws_code(exc)
+        ) from None
     return dict(stacks[0]) if stacks else None
 
 
@@ -189,7 +145,7 @@ def _resources(cfn: Any, stack_name: str) -> dict[str, tuple[str, str]]:
                     )
     except ClientError as exc:
         raise DeployError(
-            f"cannot list resources of {stack_name}: {_message(exc)}", _code(exc)
+            f"cannot list resources of {stack_name}: {aws_message(exc)}", aws_code(exc)
         ) from None
     return found
 
@@ -267,7 +223,7 @@ def _wait(
         try:
             events = feed.new()
         except ClientError as exc:
-            log.info("no events for %s: %s", stack_id, _message(exc))
+            log.info("no events for %s: %s", stack_id, aws_message(exc))
             events = []
         for event in events:
             if event.failed:
@@ -339,11 +295,13 @@ def deploy(
             common["Parameters"] = _parameters(params or {}, current)
             cfn.update_stack(**common)
     except ClientError as exc:
-        if _code(exc) == "ValidationError" and "No updates are to be performed" in _message(exc):
+        if aws_code(exc) == "ValidationError" and "No updates are to be performed" in aws_message(
+            exc
+        ):
             log.info("stack %s is up to date", stack_name)
             return outputs_of(existing or {})
         raise DeployError(
-            f"cannot deploy stack {stack_name}: {_message(exc)}", _code(exc)
+            f"cannot deploy stack {stack_name}: {aws_message(exc)}", aws_code(exc)
         ) from None
     status, failures = _wait(cfn, stack_id, feed, on_event, poll_seconds, timeout)
     if status not in SUCCESS:
@@ -381,7 +339,7 @@ def _bucket_exists(s3: Any, bucket: str) -> bool:
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+        if aws_code(exc) in ("404", "NoSuchBucket", "NotFound"):
             return False
         raise
     return True
@@ -408,7 +366,7 @@ def policy_targets(iot: Any, policy: str) -> list[str]:
         for page in iot.get_paginator("list_targets_for_policy").paginate(policyName=policy):
             targets.extend(page.get("targets", []))
     except ClientError as exc:
-        if _code(exc) == "ResourceNotFoundException":
+        if aws_code(exc) == "ResourceNotFoundException":
             return []
         raise
     return targets
@@ -418,7 +376,7 @@ def _table_has_items(ddb: Any, table: str) -> bool:
     try:
         return bool(ddb.scan(TableName=table, Limit=1, Select="COUNT")["Count"])
     except ClientError as exc:
-        if _code(exc) == "ResourceNotFoundException":
+        if aws_code(exc) == "ResourceNotFoundException":
             return False
         raise
 
@@ -438,7 +396,7 @@ def _still_there(client: Clients, kind: str, name: str) -> bool:
         else:
             return False
     except ClientError as exc:
-        if _code(exc) in missing:
+        if aws_code(exc) in missing:
             return False
         raise
     return True

@@ -13,18 +13,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
+from cloud.errors import DeployError, aws_code, aws_message
 from cloud.stack.deploy import (
     DEFAULT_STACK_NAME,
     Clients,
-    DeployError,
-    _code,
-    _message,
-    aws_errors,
     describe_stack,
     outputs_of,
     policy_targets,
 )
 from cloud.table import Row, item_count, query_readings
+from cloud.target import aws_errors
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def ats_host(iot: Any) -> str:
         reply = iot.describe_endpoint(endpointType="iot:Data-ATS")
     except ClientError as exc:
         raise DeployError(
-            f"cannot read the IoT data endpoint: {_message(exc)}", _code(exc)
+            f"cannot read the IoT data endpoint: {aws_message(exc)}", aws_code(exc)
         ) from None
     return str(reply["endpointAddress"])
 
@@ -102,9 +100,9 @@ def aws_status(
             else:
                 count = int(ddb.describe_table(TableName=table)["Table"].get("ItemCount", 0))
         except ClientError as exc:
-            if _code(exc) != "ResourceNotFoundException":
+            if aws_code(exc) != "ResourceNotFoundException":
                 raise DeployError(
-                    f"cannot read table {table}: {_message(exc)}", _code(exc)
+                    f"cannot read table {table}: {aws_message(exc)}", aws_code(exc)
                 ) from None
             table = None
     policy = outputs.get("IotPolicyName")
