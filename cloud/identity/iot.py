@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shlex
 import time
 import warnings
 from collections.abc import Callable
@@ -70,21 +69,7 @@ class ProvisionResult:
     @property
     def command(self) -> str:
         """The device-agent command line for this device."""
-        return shlex.join(
-            [
-                "device-agent",
-                "--id",
-                self.device_id,
-                "--broker",
-                self.broker_url,
-                "--cert",
-                str(self.identity.cert),
-                "--key",
-                str(self.identity.key),
-                "--ca",
-                str(self.identity.ca),
-            ]
-        )
+        return self.identity.agent_command(self.device_id, self.broker_url)
 
 
 @dataclass(frozen=True)

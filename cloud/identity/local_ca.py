@@ -11,6 +11,8 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +36,28 @@ class Identity:
     key: Path
     ca: Path
 
+    def agent_command(self, device_id: str, broker_url: str, *, receipts: bool = False) -> str:
+        """The device-agent command line that runs this device with these files."""
+        line = ["device-agent", "--id", device_id, "--broker", broker_url]
+        line += ["--cert", str(self.cert), "--key", str(self.key), "--ca", str(self.ca)]
+        return shlex.join([*line, "--receipts"] if receipts else line)
+
 
 def certs_dir(root: Path) -> Path:
     """A project folder's certificates: certs/local-ca/ and certs/<id>/ (git-ignored)."""
     return root / "certs"
+
+
+def refuse_replacing(root: Path, device_ids: Iterable[str], force: bool) -> None:
+    """Without `force`, refuse before any is made to replace a device's key: the old
+    certificate stops working, and a second run must not stop half way."""
+    for device_id in device_ids:
+        key = certs_dir(root) / device_id / "key.pem"
+        if key.exists() and not force:
+            raise CertificateError(
+                f"{key} already exists; pass --force to replace it "
+                "(the old certificate stops working)"
+            )
 
 
 def private_folder(path: Path) -> Path:

@@ -5,16 +5,9 @@ columns, rows = run_query("SELECT ... FROM sensor_data", "/path/to/export")
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import io
-import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
 
 from cloud import target as targets
 from cloud.aws import Endpoint
@@ -35,7 +28,6 @@ __all__ = [
     "QueryError",
     "QueryResult",
     "QueryTarget",
-    "format_result",
     "open_engine",
     "resolve_target",
     "run_query",
@@ -133,84 +125,3 @@ def run_report(
     with engine_for(engine, data_location, endpoint, athena) as opened:
         sql, params = report_query(name, opened.tables(), window or Window())
         return opened.execute(sql, params)
-
-
-# -- output ----------------------------------------------------------------------------
-
-
-def format_result(result: QueryResult, fmt: str) -> Iterator[str]:
-    """Lines to print: an aligned table, CSV with a header, or one JSON object per row."""
-    if fmt == "json":
-        for row in result.rows:
-            yield json.dumps(
-                {c: _json_value(v) for c, v in zip(result.columns, row, strict=True)},
-                ensure_ascii=False,
-            )
-    elif fmt == "csv":
-        for values in [result.columns, *([_text(v) for v in r] for r in result.rows)]:
-            buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="").writerow(values)
-            yield buffer.getvalue()
-    elif fmt == "table":
-        cells = [[_text(v, table=True) for v in row] for row in result.rows]
-        numeric = [
-            all(isinstance(r[i], int | float | Decimal) or r[i] is None for r in result.rows)
-            for i in range(len(result.columns))
-        ]
-        widths = [
-            max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(result.columns)
-        ]
-
-        def line(values: list[str]) -> str:
-            return "  ".join(
-                v.rjust(w) if num else v.ljust(w)
-                for v, w, num in zip(values, widths, numeric, strict=True)
-            ).rstrip()
-
-        yield line(list(result.columns))
-        yield line(["-" * w for w in widths])
-        for texts in cells:
-            yield line(texts)
-    else:
-        raise ConfigError(f"--format: {fmt!r} is not one of table, csv, json")
-
-
-def _text(value: Any, table: bool = False) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dt.datetime):
-        return _iso(value)
-    if isinstance(value, float) and table and math.isfinite(value):
-        # Enough digits for a temperature or an average; CSV and JSON keep them all.
-        text = f"{value:.4f}".rstrip("0")
-        return text + "0" if text.endswith(".") else text
-    if isinstance(value, dict | list):
-        return json.dumps(_json_value(value), ensure_ascii=False)
-    return str(value)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return _iso(value)
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _iso(value: dt.datetime) -> str:
-    """Plain timestamps in our tables are UTC; say so, as `cloud readings` does."""
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value.isoformat(timespec="milliseconds") + "Z"

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.cli import ingest as ingest_command
+from cloud.cli.ingest import ingest as ingest_command
 from cloud.ingest.service import IngestSettings
 from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port

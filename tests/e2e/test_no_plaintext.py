@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from cloud.cli import local_up
+from cloud.cli.local import local_up
 from cloud.local import stack
 from cloud.local.mosquitto import Mosquitto, MosquittoConfig
 from cloud.local.ports import free_port, is_listening
