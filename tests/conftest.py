@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +59,16 @@ class Pki:
             self._issued[name] = self.ca.issue(name, self.root / "devices" / name)
         return self._issued[name]
 
+    def expired(self, name: str, folder: Path) -> Identity:
+        """A certificate of this CA for `name` whose validity ended a day ago."""
+        now = dt.datetime.now(dt.UTC)
+        return self.ca.issue(
+            name,
+            folder,
+            not_before=now - dt.timedelta(days=30),
+            not_after=now - dt.timedelta(days=1),
+        )
+
     def reader(self) -> tuple[str, Identity]:
         """A reader identity no other client of this session used: (its name, its files)."""
         name = next(_readers)
@@ -81,21 +94,45 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 BrokerFactory = Callable[..., Mosquitto]
 
 
+@dataclass(frozen=True)
+class AclExtraConfig(MosquittoConfig):
+    """MosquittoConfig whose ACL file gets extra lines (e.g. a reader of `$SYS/#`)."""
+
+    acl_extra: str = ""
+
+    def write(self) -> None:
+        super().write()
+        with (self.folder / "acl").open("a") as acl:
+            acl.write("\n" + self.acl_extra + "\n")
+
+
+def broker_config(
+    pki: Pki, folder: Path, port: int | None = None, acl_extra: str | None = None, **kwargs: Any
+) -> MosquittoConfig:
+    """The tests' broker: mutual TLS with the session's CA, on a free port unless given,
+    every test reader allowed to read; `kwargs` are MosquittoConfig's other settings."""
+    settings: dict[str, Any] = {
+        "folder": folder,
+        "port": port or free_port(),
+        "ca": pki.ca.cert_path,
+        "cert": pki.server.cert,
+        "key": pki.server.key,
+        "readers": (*READERS, *TEST_READERS),
+        **kwargs,
+    }
+    if acl_extra is None:
+        return MosquittoConfig(**settings)
+    return AclExtraConfig(**settings, acl_extra=acl_extra)
+
+
 @pytest.fixture
 def start_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFactory]:
-    """Start brokers of this test's own; all are stopped when the test ends."""
+    """Start brokers of this test's own (`broker_config`'s settings); all are killed when
+    the test ends. `launch=False` only makes one, for a test that starts it later."""
     started: list[Mosquitto] = []
 
-    def start(port: int | None = None, launch: bool = True, **kwargs: object) -> Mosquitto:
-        config = MosquittoConfig(
-            folder=tmp_path_factory.mktemp("mosquitto"),
-            port=port or free_port(),
-            ca=pki.ca.cert_path,
-            cert=pki.server.cert,
-            key=pki.server.key,
-            **{"readers": (*READERS, *TEST_READERS), **kwargs},  # type: ignore[arg-type]
-        )
-        broker = Mosquitto(config)
+    def start(port: int | None = None, launch: bool = True, **kwargs: Any) -> Mosquitto:
+        broker = Mosquitto(broker_config(pki, tmp_path_factory.mktemp("mosquitto"), port, **kwargs))
         started.append(broker)
         if launch:
             broker.start()
@@ -106,18 +143,20 @@ def start_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         broker.kill()
 
 
+@pytest.fixture
+def acl_broker(start_broker: BrokerFactory) -> Callable[..., Mosquitto]:
+    """Brokers whose ACL file gets extra lines; killed when the test ends."""
+
+    def start(acl_extra: str, **kwargs: Any) -> Mosquitto:
+        return start_broker(acl_extra=acl_extra, **kwargs)
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """One broker for tests that do not stop it; each test uses its own device ids."""
-    config = MosquittoConfig(
-        folder=tmp_path_factory.mktemp("shared-mosquitto"),
-        port=free_port(),
-        ca=pki.ca.cert_path,
-        cert=pki.server.cert,
-        key=pki.server.key,
-        readers=(*READERS, *TEST_READERS),
-    )
-    broker = Mosquitto(config)
+    broker = Mosquitto(broker_config(pki, tmp_path_factory.mktemp("shared-mosquitto")))
     broker.start()
     yield broker
     broker.kill()

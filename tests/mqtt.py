@@ -296,12 +296,18 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
     return proc.returncode, out, err
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    """Poll a condition no event announces (a row in a file, a process state)."""
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 30,
+    what: str = "condition",
+    every: float = 0.02,
+) -> None:
+    """Poll a condition no event announces (a row in a file, a process state), at a pace
+    that suits its cost."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        time.sleep(every)
 
 
 def kill9(proc: subprocess.Popen[str]) -> None:

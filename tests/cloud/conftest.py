@@ -1,12 +1,11 @@
 """Fixtures for the ingest bridge: settings on the shared broker, ingest run on a thread,
-raw device publishers, and table reads."""
+raw device publishers, and paced polls of the table."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -76,17 +75,6 @@ def device_publisher(
     yield make
     for pub in made:
         pub.close()
-
-
-def scan_items(ddb: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": table}
-    while True:
-        page = ddb.scan(**kwargs)
-        items.extend(page["Items"])
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def poll(predicate: Callable[[], bool], timeout: float, interval: float, what: str) -> None:

@@ -35,7 +35,7 @@ from cloud.export.progress import LineProgress
 from cloud.export.run import run_export, terminal_progress
 from cloud.export.spec import NOTHING_NEW, ExportError, ExportResult, ExportSpec
 from cloud.table import summarize
-from tests.cloud.conftest import scan_items
+from tests.table import scan_items
 
 Item = dict[str, Any]
 

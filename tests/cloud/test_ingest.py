@@ -33,9 +33,10 @@ from cloud.local.mosquitto import Mosquitto
 from cloud.table import StoreError, create_table, item_count
 from device.backoff import Backoff
 from device.payload import MAX_PAYLOAD_BYTES, Reading, parse_receipt
-from tests.cloud.conftest import DevicePublisher, Running, poll, scan_items
+from tests.cloud.conftest import DevicePublisher, Running, poll
 from tests.conftest import Pki
 from tests.mqtt import CHILDREN, REPO, Subscriber, finish, kill9, start_agent
+from tests.table import scan_items
 
 RunIngest = Callable[..., Running]
 Publisher = Callable[[str], DevicePublisher]

@@ -10,8 +10,8 @@ import pytest
 
 from cloud.errors import ConfigError
 from cloud.ingest.settings import IngestSettings
-from tests.cloud.conftest import scan_items
 from tests.mqtt import finish, start_agent
+from tests.table import scan_items
 
 
 def test_ingest_falls_back_to_311_and_confirms_each_reading(

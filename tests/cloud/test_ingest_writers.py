@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -20,11 +20,10 @@ from cloud.aws import Endpoint
 from cloud.ingest.settings import IngestSettings
 from cloud.table import StoreError
 from device.payload import Reading, parse_receipt
-from tests.cloud.conftest import DevicePublisher, Running, scan_items
+from tests.cloud.conftest import DevicePublisher, Running
 from tests.mqtt import Subscriber
+from tests.table import scan_items
 
-RunIngest = Callable[..., Running]
-Publisher = Callable[[str], DevicePublisher]
 #: A long window: batches go out only when full, so they are exactly the test's.
 WHOLE_BATCHES = 30.0
 
@@ -87,49 +86,77 @@ def receipt_seqs(sub: Subscriber) -> list[list[int]]:
     return [sorted(parse_receipt(m.payload)) for m in sub.messages]
 
 
-def test_writes_run_side_by_side_and_receipts_follow_the_order_taken(
+@dataclass
+class HeldIngest:
+    """Ingest with `writers` writers on a HeldTable, batches of whole windows only, and the
+    device's publisher and receipts subscriber."""
+
+    settings: IngestSettings
+    table: HeldTable
+    running: Running
+    device: DevicePublisher
+    receipts: Subscriber
+    sensor_id: str
+    ddb: Any
+
+    def publish(self, *seqs: int) -> None:
+        self.device.publish(*(reading(self.sensor_id, seq) for seq in seqs))
+
+    def seqs_in_table(self) -> list[int]:
+        return sorted(int(i["Seq"]["N"]) for i in scan_items(self.ddb, self.settings.table))
+
+
+@pytest.fixture
+def held_ingest(
     ingest_settings: IngestSettings,
-    run_ingest: RunIngest,
-    device_publisher: Publisher,
+    run_ingest: Callable[..., Running],
+    device_publisher: Callable[[str], DevicePublisher],
     subscribe: Callable[..., Subscriber],
     device_id: str,
     aws: Endpoint,
+) -> Callable[..., HeldIngest]:
+    def start(writers: int, fail: frozenset[int] = frozenset()) -> HeldIngest:
+        settings = replace(ingest_settings, batch_seconds=WHOLE_BATCHES, writers=writers)
+        receipts = subscribe(settings.port, topics=(f"sensors/{device_id}/receipt",))
+        ddb = aws.client("dynamodb")
+        table = HeldTable(ddb, fail)
+        running = run_ingest(settings, ddb=table)
+        pub = device_publisher(device_id)
+        return HeldIngest(settings, table, running, pub, receipts, device_id, ddb)
+
+    return start
+
+
+def test_writes_run_side_by_side_and_receipts_follow_the_order_taken(
+    held_ingest: Callable[..., HeldIngest],
 ) -> None:
-    settings = replace(ingest_settings, batch_seconds=WHOLE_BATCHES, writers=4)
-    receipts = subscribe(settings.port, topics=(f"sensors/{device_id}/receipt",))
-    table = HeldTable(aws.client("dynamodb"))
-    running = run_ingest(settings, ddb=table)
-    device_publisher(device_id).publish(*(reading(device_id, seq) for seq in range(100)))
+    held = held_ingest(writers=4)
+    held.publish(*range(100))
     # Four batches of 25, all in the table at once: one writer would never get here.
-    table.wait_inside(0, 25, 50, 75)
+    held.table.wait_inside(0, 25, 50, 75)
     for first in (75, 50, 25, 0):  # the last taken finishes first
-        table.release(first)
+        held.table.release(first)
+    receipts = held.receipts
     receipts.wait_for(lambda ms: sum(len(s) for s in receipt_seqs(receipts)) >= 100)
-    stats = running.finish()
+    stats = held.running.finish()
 
     # Confirmed only once written, and in the order ingest took the readings, although
     # the writes finished the other way round.
     assert receipt_seqs(receipts) == [list(range(n, n + 25)) for n in (0, 25, 50, 75)]
-    assert table.most_inside == 4
-    items = scan_items(aws.client("dynamodb"), settings.table)
-    assert sorted(int(i["Seq"]["N"]) for i in items) == list(range(100))
+    assert held.table.most_inside == 4
+    assert held.seqs_in_table() == list(range(100))
     assert (stats.written, stats.batches, stats.duplicates) == (100, 4, 0)
 
 
 def test_a_failed_write_holds_back_the_acks_of_later_ones_and_a_restart_writes_all(
-    ingest_settings: IngestSettings,
-    run_ingest: RunIngest,
-    device_publisher: Publisher,
-    device_id: str,
-    aws: Endpoint,
+    held_ingest: Callable[..., HeldIngest], run_ingest: Callable[..., Running]
 ) -> None:
-    settings = replace(ingest_settings, batch_seconds=WHOLE_BATCHES, writers=2)
-    table = HeldTable(aws.client("dynamodb"), fail=frozenset({0}))
-    running = run_ingest(settings, ddb=table)
-    device_publisher(device_id).publish(*(reading(device_id, seq) for seq in range(50)))
-    table.wait_inside(0, 25)
-    table.release(25)  # the later batch is written ...
-    table.release(0)  # ... and the earlier one fails for good
+    held = held_ingest(writers=2, fail=frozenset({0}))
+    running = held.running
+    held.publish(*range(50))
+    held.table.wait_inside(0, 25)
+    held.table.release(25)  # the later batch is written ...
+    held.table.release(0)  # ... and the earlier one fails for good
     running.thread.join(15)
     assert not running.thread.is_alive(), "a refused write must stop ingest"
     with pytest.raises(StoreError, match="ValidationException"):
@@ -138,38 +165,28 @@ def test_a_failed_write_holds_back_the_acks_of_later_ones_and_a_restart_writes_a
 
     # Nothing was acknowledged, the written batch included (its acks would have gone out
     # before the earlier batch's): the broker sends all 50 again to the same session.
-    again = run_ingest(settings)
+    again = run_ingest(held.settings)
     again.wait(lambda s: s.received >= 50 and s.written + s.duplicates >= 50)
     stats = again.finish()
-    items = scan_items(aws.client("dynamodb"), settings.table)
-    assert sorted(int(i["Seq"]["N"]) for i in items) == list(range(50))
+    assert held.seqs_in_table() == list(range(50))
     assert stats.received == 50
 
 
 def test_a_copy_of_a_reading_being_written_waits_for_that_write_and_is_not_written_again(
-    ingest_settings: IngestSettings,
-    run_ingest: RunIngest,
-    device_publisher: Publisher,
-    subscribe: Callable[..., Subscriber],
-    device_id: str,
-    aws: Endpoint,
+    held_ingest: Callable[..., HeldIngest],
 ) -> None:
-    settings = replace(ingest_settings, batch_seconds=WHOLE_BATCHES, writers=2)
-    receipts = subscribe(settings.port, topics=(f"sensors/{device_id}/receipt",))
-    table = HeldTable(aws.client("dynamodb"))
-    running = run_ingest(settings, ddb=table)
-    pub = device_publisher(device_id)
-    pub.publish(*(reading(device_id, seq) for seq in range(25)))
-    table.wait_inside(0)
+    held = held_ingest(writers=2)
+    held.publish(*range(25))
+    held.table.wait_inside(0)
     # A resend of reading 0 while its write is in the table, then 25 new ones.
-    pub.publish(reading(device_id, 0), *(reading(device_id, seq) for seq in range(25, 50)))
-    table.wait_inside(0, 25)
-    table.release(25)
-    table.release(0)
-    receipts.wait_for(lambda ms: len(ms) >= 2)
-    stats = running.finish()
+    held.publish(0, *range(25, 50))
+    held.table.wait_inside(0, 25)
+    held.table.release(25)
+    held.table.release(0)
+    held.receipts.wait_for(lambda ms: len(ms) >= 2)
+    stats = held.running.finish()
 
-    assert table.items_written == 50, "reading 0 was written twice"
+    assert held.table.items_written == 50, "reading 0 was written twice"
     assert (stats.received, stats.written, stats.duplicates) == (51, 50, 1)
     # The copy is confirmed with the second batch, which went out after the first's write.
-    assert receipt_seqs(receipts) == [list(range(25)), [0, *range(25, 50)]]
+    assert receipt_seqs(held.receipts) == [list(range(25)), [0, *range(25, 50)]]

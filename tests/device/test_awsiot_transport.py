@@ -7,48 +7,58 @@ TLS to 127.0.0.1, and looks at what a subscriber received.
 from __future__ import annotations
 
 import itertools
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from cloud.identity.local_ca import LocalCA
 from device.payload import parse_payload
 from tests.conftest import Pki
 from tests.mqtt import finish, start_agent
 
+AwsiotAgent = Callable[..., subprocess.Popen[str]]
 
-def agent_args(port: int, device_id: str, tls: list[str], tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "--id",
-        device_id,
-        "--transport",
-        "awsiot",
-        "--broker",
-        f"mqtts://127.0.0.1:{port}",
-        *tls,
-        "--outbox",
-        str(tmp_path / "outbox.sqlite"),
-        *extra,
-    ]
+
+@pytest.fixture
+def awsiot_agent(
+    tls_args: Callable[[str], list[str]], device_id: str, tmp_path: Path
+) -> AwsiotAgent:
+    """Start `device-agent --transport awsiot` as this test's device, to a broker port,
+    with `--count N --interval SECONDS` and any other flags; `tls` replaces the device's
+    own `--cert --key --ca`."""
+
+    def start(
+        port: int, count: int, interval: str, *extra: str, tls: list[str] | None = None
+    ) -> subprocess.Popen[str]:
+        return start_agent(
+            "--id",
+            device_id,
+            "--transport",
+            "awsiot",
+            "--broker",
+            f"mqtts://127.0.0.1:{port}",
+            *(tls_args(device_id) if tls is None else tls),
+            "--outbox",
+            str(tmp_path / "outbox.sqlite"),
+            "--count",
+            str(count),
+            "--interval",
+            interval,
+            *extra,
+        )
+
+    return start
 
 
 def test_fifty_readings_without_flow_control_arrive_in_order_as_payload_v1(
-    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+    shared_broker, subscribe, awsiot_agent, device_id
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--no-flow-control",
-            "--count",
-            "50",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(port, 50, "0", "--no-flow-control")
     code, out, err = finish(proc)
     assert code == 0, err
     assert f"{device_id}: published 50, acknowledged 50, buffered 0, dropped 0" in out
@@ -61,22 +71,11 @@ def test_fifty_readings_without_flow_control_arrive_in_order_as_payload_v1(
 
 
 def test_with_flow_control_on_everything_still_arrives(
-    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+    shared_broker, subscribe, awsiot_agent, device_id
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--count",
-            "5",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(port, 5, "0")
     code, out, err = finish(proc)
     assert code == 0, err
     assert "acknowledged 5, buffered 0" in out
@@ -85,22 +84,11 @@ def test_with_flow_control_on_everything_still_arrives(
 
 
 def test_flow_control_on_keeps_to_aws_iot_cores_100_publishes_per_second(
-    shared_broker, tls_args, device_id, tmp_path: Path
+    shared_broker, awsiot_agent, device_id
 ):
     port = shared_broker.config.port
     started = time.monotonic()
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--count",
-            "300",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(port, 300, "0")
     code, out, err = finish(proc)
     elapsed = time.monotonic() - started
     assert code == 0, err
@@ -111,24 +99,11 @@ def test_flow_control_on_keeps_to_aws_iot_cores_100_publishes_per_second(
 
 
 def test_qos0_readings_are_acknowledged_once_sent(
-    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+    shared_broker, subscribe, awsiot_agent, device_id
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--qos",
-            "0",
-            "--count",
-            "20",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(port, 20, "0", "--qos", "0")
     code, out, err = finish(proc)
     assert code == 0, err
     assert "acknowledged 20, buffered 0" in out
@@ -136,23 +111,12 @@ def test_qos0_readings_are_acknowledged_once_sent(
 
 
 def test_retained_status_is_online_while_running_and_offline_after_a_clean_exit(
-    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+    shared_broker, subscribe, awsiot_agent, device_id
 ):
     port = shared_broker.config.port
     status = f"sensors/{device_id}/status"
     watcher = subscribe(port, topics=(status,))
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--count",
-            "10",
-            "--interval",
-            "0.2",
-        )
-    )
+    proc = awsiot_agent(port, 10, "0.2")
     watcher.wait_for(lambda ms: any(m.payload == b"online" for m in ms))
     assert proc.poll() is None, "online must be published while the agent runs"
 
@@ -168,24 +132,13 @@ def test_retained_status_is_online_while_running_and_offline_after_a_clean_exit(
 
 
 def test_publish_refused_by_the_acl_stops_the_agent_with_one_clear_line(
-    shared_broker, subscribe, tls_args, device_id, tmp_path: Path
+    shared_broker, subscribe, awsiot_agent, tls_args, device_id
 ):
     port = shared_broker.config.port
     sub = subscribe(port)
     # Mosquitto names the client by its certificate: "other-dev" may not write under
     # sensors/<device_id>/, and MQTT 5 says so with PUBACK reason NOT_AUTHORIZED.
-    proc = start_agent(
-        *agent_args(
-            port,
-            device_id,
-            tls_args("other-dev"),
-            tmp_path,
-            "--count",
-            "5",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(port, 5, "0", tls=tls_args("other-dev"))
     code, _, err = finish(proc)
     assert code == 1, err
     assert "Traceback" not in err
@@ -199,24 +152,13 @@ def test_publish_refused_by_the_acl_stops_the_agent_with_one_clear_line(
 
 
 def test_broker_certificate_from_another_ca_is_fatal_not_retried(
-    pki: Pki, shared_broker, device_id, tmp_path: Path
+    pki: Pki, shared_broker, awsiot_agent, device_id, tmp_path: Path
 ):
     ident = pki.device(device_id)
     wrong_ca = LocalCA.create(tmp_path / "wrong-ca")
     tls = ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(wrong_ca.cert_path)]
     started = time.monotonic()
-    proc = start_agent(
-        *agent_args(
-            shared_broker.config.port,
-            device_id,
-            tls,
-            tmp_path,
-            "--count",
-            "1",
-            "--interval",
-            "0",
-        )
-    )
+    proc = awsiot_agent(shared_broker.config.port, 1, "0", tls=tls)
     code, _, err = finish(proc)
     assert code == 1, err
     assert "Traceback" not in err
@@ -227,23 +169,11 @@ def test_broker_certificate_from_another_ca_is_fatal_not_retried(
 
 
 def test_broker_restarted_mid_run_the_client_reconnects_and_loses_nothing(
-    start_broker, subscribe, tls_args, device_id, tmp_path: Path
+    start_broker, subscribe, awsiot_agent, device_id
 ):
     broker = start_broker()
     sub = subscribe(broker.config.port)
-    proc = start_agent(
-        *agent_args(
-            broker.config.port,
-            device_id,
-            tls_args(device_id),
-            tmp_path,
-            "--no-flow-control",
-            "--count",
-            "300",
-            "--interval",
-            "0.005",
-        )
-    )
+    proc = awsiot_agent(broker.config.port, 300, "0.005", "--no-flow-control")
     sub.wait_readings(device_id, 30)
     broker.stop()
     broker.start()

@@ -15,8 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +25,14 @@ import pytest
 
 from cloud.aws import Endpoint
 from cloud.cli.ingest import ingest as ingest_command
-from cloud.ingest.service import IngestSettings
-from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
-from cloud.local.ports import free_port
+from cloud.ingest.settings import IngestSettings, IngestStats
+from cloud.local.mosquitto import Mosquitto
 from cloud.table import item_count
-from tests.conftest import TEST_READERS, Pki
+from tests.conftest import Pki
 from tests.ingest_run import Running as SharedRunning
 from tests.ingest_run import ingest_runner
-from tests.mqtt import CHILDREN, REPO, agent_command
+from tests.mqtt import CHILDREN, REPO, agent_command, wait_until
+from tests.table import assert_every_reading_once, missing_seqs, scan_items, seq_ranges, settle
 
 FLEET = 5
 READINGS = 400
@@ -216,48 +214,6 @@ def outbox_state(outbox: Path) -> tuple[int, int]:
     return (0 if row is None else int(row[0])), int(waiting)
 
 
-# -- brokers ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AclExtraConfig(MosquittoConfig):
-    """MosquittoConfig whose ACL file gets extra lines (e.g. a reader of `$SYS/#`)."""
-
-    acl_extra: str = ""
-
-    def write(self) -> None:
-        super().write()
-        with (self.folder / "acl").open("a") as acl:
-            acl.write("\n" + self.acl_extra + "\n")
-
-
-@pytest.fixture
-def acl_broker(
-    pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Mosquitto]]:
-    """Brokers whose ACL file gets extra lines; killed when the test ends."""
-    started: list[Mosquitto] = []
-
-    def start(acl_extra: str, **kwargs: Any) -> Mosquitto:
-        config = AclExtraConfig(
-            folder=tmp_path_factory.mktemp("mosquitto-acl"),
-            port=free_port(),
-            ca=pki.ca.cert_path,
-            cert=pki.server.cert,
-            key=pki.server.key,
-            acl_extra=acl_extra,
-            **{"readers": (*READERS, *TEST_READERS), **kwargs},
-        )
-        broker = Mosquitto(config)
-        started.append(broker)
-        broker.start()
-        return broker
-
-    yield start
-    for broker in started:
-        broker.kill()
-
-
 # -- ingest ---------------------------------------------------------------------------------
 
 
@@ -348,7 +304,7 @@ def ingest_child(tmp_path: Path) -> Callable[..., IngestChild]:
         argv = [sys.executable, "-m", "tests.e2e.ingest_child", json.dumps(cfg)]
         proc = spawn(argv, tmp_path / "ingest", f"ingest-{next(names)}", env)
         child = IngestChild(proc, proc.err_path)
-        wait_for(
+        wait_until(
             lambda: "subscribed to" in child.log() or not proc.alive(),
             30,
             "the ingest process's subscription",
@@ -359,81 +315,151 @@ def ingest_child(tmp_path: Path) -> Callable[..., IngestChild]:
     return start
 
 
-# -- the table ------------------------------------------------------------------------------
+# -- a fleet through ingest ------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll a condition no event announces, at a pace that suits its cost."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(every)
+@dataclass
+class FleetRun:
+    """The fault scenarios' set-up: a broker of the test's own, ingest writing to the test's
+    table (on a thread, or in a process of its own to SIGKILL), and the FLEET devices
+    publishing `count` readings each; and their checks, whose failures say where the
+    readings are (ingest's counters, each outbox, the seqs missing from the table)."""
+
+    broker: Mosquitto
+    ids: list[str]
+    agents: Agents
+    settings: IngestSettings
+    ddb: Any
+    start_thread: Callable[..., Running]
+    start_process: Callable[..., IngestChild]
+    count: int = READINGS
+    ingest: Running | None = None
+    child: IngestChild | None = None
+
+    @property
+    def port(self) -> int:
+        return self.broker.config.port
+
+    @property
+    def total(self) -> int:
+        return len(self.ids) * self.count
+
+    def run_ingest(self) -> Running:
+        """Ingest on a thread, as `cloud ingest` runs it; subscribed when this returns."""
+        self.ingest = self.start_thread(self.settings)
+        return self.ingest
+
+    def ingest_process(self, **options: Any) -> IngestChild:
+        """Ingest in a process of its own (`ingest_child`'s options); subscribed too."""
+        self.child = self.start_process(self.settings, **options)
+        return self.child
+
+    def _flags(self, count: int, interval: str, receipts: bool, args: tuple[str, ...]) -> list[str]:
+        self.count = count
+        return [
+            "--count",
+            str(count),
+            "--interval",
+            interval,
+            *(["--receipts"] if receipts else []),
+            *args,
+        ]
+
+    def simulate(
+        self, *args: str, count: int = READINGS, interval: str = "0.01", receipts: bool = True
+    ) -> Proc:
+        """The fleet as one `device-agent simulate` process; with receipts unless told,
+        as the local stack runs it."""
+        return self.agents.simulate(
+            self.ids, self.port, *self._flags(count, interval, receipts, args)
+        )
+
+    def each(
+        self,
+        *args: str,
+        port: int | None = None,
+        count: int = READINGS,
+        interval: str = "0.01",
+        receipts: bool = True,
+    ) -> dict[str, Proc]:
+        """The fleet as one `device-agent` process per device (to `port`: a proxy's)."""
+        flags = self._flags(count, interval, receipts, args)
+        return {i: self.agents.one(i, port or self.port, *flags) for i in self.ids}
+
+    def wait_fleet(self, proc: Proc, timeout: float = 120) -> None:
+        """`proc` (the fleet, or one device) exits 0 within `timeout`; if not, the failure
+        also says where the readings are."""
+        try:
+            code = proc.wait(timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.whereabouts()}") from None
+        assert code == 0, f"exit {code}; stderr ends:\n{proc.err()[-3000:]}\n{self.whereabouts()}"
+
+    def whereabouts(self) -> str:
+        """Ingest's stats line and, per device, its outbox and the seqs the table lacks:
+        whether the readings not yet confirmed are in the table or still on their way."""
+        lines = [f"ingest now: {self.ingest_line()}"]
+        try:
+            items = scan_items(self.ddb, self.settings.table)
+        except Exception as exc:  # the report must not hide the failure it explains
+            return "\n".join([*lines, f"table unreadable: {exc!r}"])
+        missing = missing_seqs(items, self.ids, self.count)
+        lines.append(f"table: {len(items)} items of {self.total}")
+        for i in self.ids:
+            next_seq, waiting = outbox_state(self.agents.outbox(i))
+            gaps = missing[i]
+            lines.append(
+                f"{i}: outbox next seq {next_seq}, {waiting} waiting; table lacks "
+                + (f"{len(gaps)} seq(s): {seq_ranges(gaps)}" if gaps else "none")
+            )
+        return "\n".join(lines)
+
+    def ingest_line(self) -> str:
+        if self.ingest is not None:
+            alive = "" if self.ingest.thread.is_alive() else f" (stopped: {self.ingest.outcome!r})"
+            return self.ingest.stats.line() + alive
+        if self.child is not None:
+            reports = [ln for ln in self.child.log().splitlines() if " ingest: " in ln]
+            alive = "" if self.child.proc.alive() else " (process ended)"
+            return (reports[-1] if reports else "no report line in its log") + alive
+        return "not started"
+
+    def summary(self, proc: Proc) -> str:
+        """The fleet's summary line (`<N> devices: published ...`)."""
+        return summary_line(proc.out(), f"{len(self.ids)} devices")
+
+    def assert_every_reading_once(self) -> None:
+        assert_every_reading_once(self.ddb, self.settings.table, self.ids, self.count)
+
+    def finish(self) -> IngestStats:
+        """Ingest settles on every reading and stops; the table holds each exactly once."""
+        assert self.ingest is not None, "no ingest on a thread to finish"
+        self.ingest.settle(self.total)
+        stats = self.ingest.finish()
+        self.assert_every_reading_once()
+        return stats
 
 
-def settle(
-    count: Callable[[], int],
-    target: int,
-    quiet: float,
-    timeout: float,
-    what: str,
-    every: float = 0.1,
-) -> int:
-    """Poll `count` until it reaches `target` or stops changing for `quiet` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while last < target:
-        now = time.monotonic()
-        if now - since >= quiet:
-            return last
-        assert now < deadline, f"timed out after {timeout:g}s waiting for {what} ({last})"
-        time.sleep(every)
-        value = count()
-        if value != last:
-            last, since = value, time.monotonic()
-    return last
+@pytest.fixture
+def fleet_run(
+    start_broker: Callable[..., Mosquitto],
+    fleet_ids: list[str],
+    agents: Agents,
+    make_ingest_settings: Callable[..., IngestSettings],
+    run_ingest: Callable[..., Running],
+    ingest_child: Callable[..., IngestChild],
+    aws: Endpoint,
+) -> Callable[..., FleetRun]:
+    """A FleetRun on `broker` (default: a new one with the shipped config), with ingest on a
+    thread already subscribed unless `ingest=False`; the test starts the fleet."""
 
+    def make(broker: Mosquitto | None = None, *, ingest: bool = True) -> FleetRun:
+        broker = broker or start_broker()
+        settings = make_ingest_settings(broker.config.port)
+        ddb = aws.client("dynamodb")
+        run = FleetRun(broker, fleet_ids, agents, settings, ddb, run_ingest, ingest_child)
+        if ingest:
+            run.run_ingest()
+        return run
 
-def scan_items(ddb: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": table}
-    while True:
-        page = ddb.scan(**kwargs)
-        items.extend(page["Items"])
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def settle_items(ddb: Any, table: str, n: int, quiet: float = 4.0, timeout: float = 90) -> int:
-    """Until the table holds n items, or its count stopped growing for `quiet` seconds
-    (COUNT scans run at ~3k items/s on moto, so they are paced)."""
-    return settle(lambda: item_count(ddb, table), n, quiet, timeout, f"{n} items", every=0.5)
-
-
-def missing_seqs(items: list[dict[str, Any]], ids: list[str], count: int) -> dict[str, list[int]]:
-    """Per sensor, the seqs in 0..count-1 with no item in the table."""
-    seen = {(i["SensorId"]["S"], int(i["Seq"]["N"])) for i in items}
-    return {s: [q for q in range(count) if (s, q) not in seen] for s in ids}
-
-
-def seq_problems(items: list[dict[str, Any]], ids: list[str], count: int) -> list[str]:
-    """What is wrong with the table against "every (sensor, seq) in 0..count-1 exactly once"."""
-    seen = Counter((i["SensorId"]["S"], int(i["Seq"]["N"])) for i in items)
-    problems: list[str] = []
-    for sensor, missing in missing_seqs(items, ids, count).items():
-        if missing:
-            problems.append(f"{sensor}: {len(missing)} missing seq(s), first {missing[:10]}")
-    doubled = {k: n for k, n in seen.items() if n > 1}
-    if doubled:
-        problems.append(f"seq(s) in more than one item: {sorted(doubled.items())[:10]}")
-    strangers = {k for k in seen if k[0] not in ids or not 0 <= k[1] < count}
-    if strangers:
-        problems.append(f"items nobody sent: {sorted(strangers)[:10]}")
-    if len(items) != len(ids) * count:
-        problems.append(f"{len(items)} items, expected {len(ids) * count}")
-    return problems
-
-
-def assert_every_reading_once(ddb: Any, table: str, ids: list[str], count: int = READINGS) -> None:
-    problems = seq_problems(scan_items(ddb, table), ids, count)
-    assert not problems, "table is not exactly one item per reading:\n" + "\n".join(problems)
+    return make

@@ -6,7 +6,6 @@ AWS secret key its processes had in their environment."""
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import shutil
 import subprocess
@@ -22,8 +21,8 @@ from cloud.local.mosquitto import Mosquitto
 from cloud.local.moto import MotoServer
 from cloud.table import item_count
 from tests.conftest import Pki
-from tests.e2e.conftest import Agents, Proc, spawn, wait_for
-from tests.mqtt import MqttClient
+from tests.e2e.conftest import Agents, Proc, spawn
+from tests.mqtt import MqttClient, wait_until
 
 COUNT = 10
 
@@ -72,7 +71,7 @@ def cloud_ingest(root: Path, folder: Path, name: str, env: dict[str, str], *args
     argv = [sys.executable, "-m", "cloud", "-v", "ingest", "--target", "local"]
     argv += ["--ready-file", str(ready), *args]
     proc = spawn(argv, folder, name, env, cwd=root)
-    wait_for(lambda: ready.exists() or not proc.alive(), 30, f"{name} to subscribe")
+    wait_until(lambda: ready.exists() or not proc.alive(), 30, f"{name} to subscribe")
     return proc
 
 
@@ -116,13 +115,7 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
 
     # Refused: an expired certificate (refused until --offline-limit), a broker the agent
     # cannot verify (--ca of another CA), and a private key others can read.
-    now = dt.datetime.now(dt.UTC)
-    expired = pki.ca.issue(
-        f"{device_id}-old",
-        tmp_path / "expired",
-        not_before=now - dt.timedelta(days=10),
-        not_after=now - dt.timedelta(days=1),
-    )
+    expired = pki.expired(f"{device_id}-old", tmp_path / "expired")
     other_ca = LocalCA.create(tmp_path / "other-ca")
     loose = tmp_path / "loose"
     loose.mkdir()
@@ -163,8 +156,8 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
     assert failing.wait(30) == 1, failing.err()[-2000:]
     assert "not found" in failing.err()
     total = 2 * COUNT + 2 * 5
-    wait_for(lambda: item_count(moto_server_client(moto_server), table) >= total, 30, "items")
-    wait_for(lambda: "dead letter" in ingest.err(), 15, "the dead letter in ingest's log")
+    wait_until(lambda: item_count(moto_server_client(moto_server), table) >= total, 30, "items")
+    wait_until(lambda: "dead letter" in ingest.err(), 15, "the dead letter in ingest's log")
     assert ingest.terminate() == 0, ingest.err()[-2000:]
 
     # Every secret in play, and every log there is.

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from cloud.local.mosquitto import Mosquitto
-from tests.e2e.conftest import Agents, Proc, outbox_state, summary_line, wait_for
-from tests.mqtt import Subscriber
+from tests.e2e.conftest import Agents, Proc, outbox_state, summary_line
+from tests.mqtt import Subscriber, wait_until
 
 KEEP_BEFORE_FAULT = 5
 
@@ -120,10 +120,11 @@ def start_offline(
         *args,
         outbox=outbox,
     )
-    wait_for(
+    wait_until(
         lambda: outbox_state(outbox)[0] >= KEEP_BEFORE_FAULT,
         30,
         f"{KEEP_BEFORE_FAULT} readings kept",
+        every=0.05,
     )
     return broker, sub, agent
 
@@ -138,7 +139,7 @@ def test_disk_full_is_said_clearly_and_what_was_kept_is_delivered_and_counted(
     outbox = small_tmpfs / "outbox.sqlite"
     broker, sub, agent = start_offline(start_broker, subscribe, agents, device_id, outbox)
     fill(small_tmpfs)
-    wait_for(lambda: not_kept(agent.err()) >= 20, 30, "readings the full disk refused")
+    wait_until(lambda: not_kept(agent.err()) >= 20, 30, "readings the full disk refused")
     kept = outbox_state(outbox)[0]
     broker.start()
     sub.wait_readings(device_id, kept)
@@ -178,7 +179,7 @@ def test_agent_finishes_its_run_once_the_full_disk_has_room_again(
         start_broker, subscribe, agents, device_id, outbox, "--count", str(count)
     )
     filler = fill(small_tmpfs)
-    wait_for(lambda: not_kept(agent.err()) >= 5, 30, "readings the full disk refused")
+    wait_until(lambda: not_kept(agent.err()) >= 5, 30, "readings the full disk refused")
     broker.start()
     kept = outbox_state(outbox)[0]
     sub.wait_readings(device_id, kept)  # delivered while the disk is still full
@@ -203,7 +204,7 @@ def test_outbox_turned_read_only_is_said_clearly_and_what_was_kept_is_delivered(
     outbox = mnt / "outbox.sqlite"
     broker, sub, agent = start_offline(start_broker, subscribe, agents, device_id, outbox)
     trigger.write_text("e2e test\n")  # the kernel remounts it read-only (emergency_ro)
-    wait_for(lambda: not_kept(agent.err()) >= 5, 30, "readings the read-only disk refused")
+    wait_until(lambda: not_kept(agent.err()) >= 5, 30, "readings the read-only disk refused")
     kept = outbox_state(outbox)[0]
     broker.start()
     sub.wait_readings(device_id, kept)

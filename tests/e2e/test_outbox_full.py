@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from cloud.local.mosquitto import Mosquitto
-from tests.e2e.conftest import Agents, outbox_state, summary_line, wait_for
-from tests.mqtt import Subscriber
+from tests.e2e.conftest import Agents, outbox_state, summary_line
+from tests.mqtt import Subscriber, wait_until
 
 OUTBOX_MAX = 50
 COUNT = 200
@@ -48,7 +48,9 @@ def test_full_outbox_applies_its_policy_and_counts_what_it_dropped(
         policy,
     )
     outbox = agents.outbox(device_id)
-    wait_for(lambda: outbox_state(outbox) == (COUNT, OUTBOX_MAX), 30, "200 readings taken")
+    wait_until(
+        lambda: outbox_state(outbox) == (COUNT, OUTBOX_MAX), 30, "200 readings taken", every=0.05
+    )
     assert agent.alive(), "a full outbox is not a reason to stop"
     assert "outbox full" in agent.err()
 

@@ -24,17 +24,17 @@ from cloud.ingest.deadletter import read_dead_letters
 from cloud.ingest.rule import to_item
 from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
+from device.columns import TS_MAX_MS, TS_MIN_MS
 from device.payload import (
     MAX_PAYLOAD_BYTES,
     OPTIONAL_METRICS,
-    TS_MAX_MS,
-    TS_MIN_MS,
     PayloadError,
     parse_payload,
 )
 from tests.conftest import Pki
-from tests.e2e.conftest import Running, scan_items
+from tests.e2e.conftest import Running
 from tests.mqtt import MqttClient
+from tests.table import scan_items
 
 SENSOR = "fuzz-1"
 TOPIC = f"sensors/{SENSOR}/data"

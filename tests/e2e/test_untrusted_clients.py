@@ -61,14 +61,7 @@ def untrusted(kind: str, name: str, pki: Pki, folder: Path) -> tuple[Identity | 
         # Same name as a real device: only the issuer tells them apart.
         return other.issue(name, folder / "other"), throwaway
     if kind == "expired":
-        now = dt.datetime.now(dt.UTC)
-        expired = pki.ca.issue(
-            name,
-            folder / "expired",
-            not_before=now - dt.timedelta(days=30),
-            not_after=now - dt.timedelta(days=1),
-        )
-        return expired, throwaway
+        return pki.expired(name, folder / "expired"), throwaway
     assert kind == "revoked"
     revoked = pki.ca.issue(name, folder / "revoked")
     return revoked, revoked
