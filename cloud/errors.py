@@ -8,7 +8,7 @@ a query engine's error class), for callers that act on it and for tests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # botocore comes with the cloud extra; this module must import without it
     from botocore.exceptions import ClientError
@@ -45,6 +45,24 @@ class IngestError(PipelineError):
 
 class DeadLetterError(PipelineError):
     """The dead-letter file cannot be written or read."""
+
+
+class StorageError(PipelineError):
+    """An export's destination cannot be reached, read or written."""
+
+
+class LeaseHeld(StorageError):
+    """Someone else holds the lease: `holder` is what they wrote in it (may be empty), and
+    `hint` says how it ends or how to clear it if that holder is gone."""
+
+    def __init__(self, location: str, holder: dict[str, Any], hint: str) -> None:
+        super().__init__(f"{location} is held by another process; {hint}", "LeaseHeld")
+        self.holder = holder
+        self.hint = hint
+
+
+class QueryError(PipelineError):
+    """A query cannot run or failed; `code` is the engine's error class or AWS's state/code."""
 
 
 class PlotError(PipelineError):

@@ -13,14 +13,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cloud.errors import LeaseHeld, StorageError
 from cloud.export.storage import (
     LEASE_SECONDS,
     TEMP_SUFFIX,
     Destination,
     Lease,
-    LeaseHeld,
     PendingFile,
-    StorageError,
     StoredObject,
     check_key,
     holder_of,

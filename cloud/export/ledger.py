@@ -36,9 +36,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from cloud.errors import LeaseHeld, StorageError
 from cloud.export import layout
 from cloud.export.spec import ExportError
-from cloud.export.storage import Destination, Lease, LeaseHeld, StorageError, is_temporary
+from cloud.export.storage import Destination, Lease, is_temporary
 from cloud.timeparse import iso_ms
 
 _RUN_ID = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{8}$")

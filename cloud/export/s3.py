@@ -18,14 +18,13 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud.errors import LeaseHeld, StorageError
 from cloud.export.storage import (
     LEASE_SECONDS,
     TEMP_SUFFIX,
     Destination,
     Lease,
-    LeaseHeld,
     PendingFile,
-    StorageError,
     StoredObject,
     check_key,
     holder_of,

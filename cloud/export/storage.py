@@ -39,29 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud.errors import PipelineError
+from cloud.errors import StorageError
 
 TEMP_SUFFIX = ".tmp"
 #: How long an S3 lease lasts unless renewed: the longest a dead holder blocks the next one.
 LEASE_SECONDS = 300.0
-
-
-class StorageError(PipelineError):
-    """The destination cannot be reached, read or written; `code` is AWS's error code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class LeaseHeld(StorageError):
-    """Someone else holds the lease: `holder` is what they wrote in it (may be empty), and
-    `hint` says how it ends or how to clear it if that holder is gone."""
-
-    def __init__(self, location: str, holder: dict[str, Any], hint: str) -> None:
-        super().__init__(f"{location} is held by another process; {hint}", "LeaseHeld")
-        self.holder = holder
-        self.hint = hint
 
 
 class Lease(ABC):

@@ -11,10 +11,10 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, QueryError
 from cloud.export.layout import PARTITION_KEY
 from cloud.query import schema
-from cloud.query.engines import Param, QueryError
+from cloud.query.engines import Param
 from cloud.timeparse import iso_ms, parse_time_ms
 
 

@@ -25,11 +25,10 @@ from click.testing import CliRunner
 
 from cloud.aws import LOCAL_CREDENTIALS, Endpoint
 from cloud.cli import main
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, QueryError
 from cloud.export.location import ExportRoot
 from cloud.local.moto import MotoServer
 from cloud.query import schema
-from cloud.query.engines import QueryError
 from cloud.query.engines.athena import AthenaEngine, AthenaSettings, athena_literal
 from cloud.query.reports import Window
 from cloud.query.run import run_report

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from cloud.errors import QueryError
 from cloud.export.layout import DATA_PREFIX
-from cloud.query.engines import QueryError
 from cloud.query.reports import REPORTS, Window, report_query
 from cloud.table import query_readings, summarize
 

@@ -10,21 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NamedTuple, Protocol
 
-from cloud.errors import PipelineError
 from cloud.export.location import ExportRoot
 
 #: What may be bound to a `?` placeholder: each engine knows how to pass these as values.
 Param = str | int | float | dt.datetime
 
 ENGINES = ("duckdb", "athena")
-
-
-class QueryError(PipelineError):
-    """A query cannot run or failed; `code` is the engine's error class or AWS's state/code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class QueryResult(NamedTuple):

@@ -19,16 +19,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, QueryError
 from cloud.export.location import ExportRoot
 from cloud.query import schema
-from cloud.query.engines import (
-    Param,
-    QueryError,
-    QueryResult,
-    first_line,
-    is_data_file,
-)
+from cloud.query.engines import Param, QueryResult, first_line, is_data_file
 
 DEFAULT_WORKGROUP = "primary"
 DEFAULT_DATABASE = "sensor_pipeline"

@@ -18,16 +18,11 @@ import boto3
 import duckdb
 
 from cloud.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, Endpoint
+from cloud.errors import QueryError
 from cloud.export.layout import manifest_prefix
 from cloud.export.location import ExportRoot
 from cloud.query import schema
-from cloud.query.engines import (
-    Param,
-    QueryError,
-    QueryResult,
-    first_line,
-    is_data_file,
-)
+from cloud.query.engines import Param, QueryResult, first_line, is_data_file
 from cloud.query.engines import sql_literal as _literal
 
 HTTPFS_PACKAGE = "duckdb_extension_httpfs"
