@@ -10,6 +10,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.errors import PipelineError
+from device.columns import COLUMNS
 
 
 class StoreError(PipelineError):
@@ -24,9 +25,10 @@ KEY_SCHEMA = [
     {"AttributeName": "SensorId", "KeyType": "HASH"},
     {"AttributeName": "CurrentTime", "KeyType": "RANGE"},
 ]
+_TYPES = {c.attribute: c.dynamodb_type for c in COLUMNS}
 ATTRIBUTES = [
-    {"AttributeName": "SensorId", "AttributeType": "S"},
-    {"AttributeName": "CurrentTime", "AttributeType": "N"},
+    {"AttributeName": key["AttributeName"], "AttributeType": _TYPES[key["AttributeName"]]}
+    for key in KEY_SCHEMA
 ]
 
 
@@ -61,6 +63,12 @@ def item_count(ddb: Any, name: str) -> int:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+#: (payload name, item attribute) of the metrics a reading may carry: `Row.metrics`' keys.
+_OPTIONAL_METRICS = tuple(
+    (c.payload, c.attribute) for c in COLUMNS if c.payload is not None and not c.required
+)
+
+
 @dataclass(frozen=True)
 class Row:
     sensor_id: str
@@ -72,9 +80,9 @@ class Row:
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Row:
         metrics = {
-            k.lower(): float(v["N"])
-            for k, v in item.items()
-            if k in ("Humidity", "Pressure") and "N" in v
+            name: float(item[attribute]["N"])
+            for name, attribute in _OPTIONAL_METRICS
+            if "N" in item.get(attribute, {})
         }
         return cls(
             sensor_id=item["SensorId"]["S"],

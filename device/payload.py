@@ -16,21 +16,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from device.columns import COLUMNS, Column
 from device.errors import AgentError
 
 VERSION = 1
-#: Metrics a reading may carry besides the temperature.
-OPTIONAL_METRICS = ("humidity", "pressure")
+#: Metrics a reading may carry besides the temperature: the optional columns.
+OPTIONAL_METRICS = tuple(c.payload for c in COLUMNS if c.payload is not None and not c.required)
 #: AWS IoT Core refuses messages over 128 KiB; a reading is ~100 bytes.
 MAX_PAYLOAD_BYTES = 4096
 #: Thing names on AWS IoT: letters, digits, colon, underscore, hyphen; MQTT wildcards and
 #: slashes would break the topic scheme, so they are refused here too.
 SENSOR_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,128}")
-#: The sane range of a reading's `ts` (epoch ms): 2000-01-01T00:00:00Z <= ts < 2100-01-01.
-#: A time in seconds or microseconds falls outside it, and Parquet's timestamps (and
-#: Python's datetime) cannot hold a year like 58888.
-TS_MIN_MS = 946_684_800_000
-TS_MAX_MS = 4_102_444_800_000
 
 
 class PayloadError(AgentError):
@@ -86,7 +82,8 @@ def _whole_number(name: str, value: Any, minimum: int) -> int:
 
 
 # -- the fields of payload v1, as data ------------------------------------------------------
-# One table says what each field must be. `parse_payload` applies it here, and
+# One table says what each field must be, made from the reading's columns
+# (`device.columns.COLUMNS`) and the version. `parse_payload` applies it here, and
 # `cloud.ingest.rule` turns the same table into the AWS IoT rule's WHERE clause, so the deployed
 # rule and `cloud ingest` refuse the same readings (tests/cloud/test_rule_checks.py).
 
@@ -161,21 +158,28 @@ class FieldRule:
             _finite_number(n, value)
 
 
-#: Payload v1, field by field, in the order they are checked.
+def _field_rule(column: Column) -> FieldRule:
+    assert column.payload is not None
+    return FieldRule(
+        column.payload,
+        column.kind,
+        required=column.required,
+        minimum=column.minimum,
+        below=column.below,
+        meaning=column.meaning,
+    )
+
+
+#: Payload v1, field by field, in the order they are checked: the version, then what names
+#: the reading (whose, when, which count), then what it measured, each in the columns' order.
 FIELDS = (
     FieldRule("v", "version"),
-    FieldRule("sensor_id", "sensor_id"),
-    # A time in seconds or microseconds would be written as a year no export can hold.
-    FieldRule(
-        "ts",
-        "integer",
-        minimum=TS_MIN_MS,
-        below=TS_MAX_MS,
-        meaning="epoch milliseconds from 2000-01-01 up to 2100-01-01 UTC",
+    *(
+        _field_rule(column)
+        for column in sorted(
+            (c for c in COLUMNS if c.payload is not None), key=lambda c: c.kind == "number"
+        )
     ),
-    FieldRule("seq", "integer", minimum=0),
-    FieldRule("temperature", "number"),
-    *(FieldRule(metric, "number", required=False) for metric in OPTIONAL_METRICS),
 )
 
 

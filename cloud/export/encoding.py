@@ -26,7 +26,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from cloud.export import layout
-from device.payload import TS_MAX_MS, TS_MIN_MS
+from device.columns import TS_MAX_MS, TS_MIN_MS
 
 # AWS Data Pipeline serialised the Java SDK's AttributeValue bean, so its keys are that
 # class's property names: lower-case types, and the odd `bOOL` and `nULLValue`.
@@ -111,21 +111,17 @@ def _float(value: dict[str, Any] | None) -> float | None:
         return None
 
 
-# Parquet column -> item attribute and how to read it. Checked against layout below, so a
-# column added there without a source here fails at import, not in a half-written file.
-_COLUMN_SOURCES: dict[str, tuple[str, Callable[[dict[str, Any] | None], Any]]] = {
-    "sensor_id": ("SensorId", lambda v: v.get("S") if v else None),
-    "time": ("CurrentTime", _int),
-    "temperature": ("Temperature", _float),
-    "seq": ("Seq", _int),
-    "humidity": ("Humidity", _float),
-    "pressure": ("Pressure", _float),
-    "received_at": ("ReceivedAt", _int),
+def _string(value: dict[str, Any] | None) -> str | None:
+    return value.get("S") if value else None
+
+
+_READERS: dict[str, Callable[[dict[str, Any] | None], Any]] = {
+    "sensor_id": _string,
+    "integer": _int,
+    "number": _float,
 }
-if set(_COLUMN_SOURCES) != {c.name for c in layout.PARQUET_COLUMNS}:
-    raise ImportError(
-        "cloud.export.encoding: _COLUMN_SOURCES does not match layout.PARQUET_COLUMNS"
-    )
+#: Parquet column -> item attribute and how to read it, one for each column of the layout.
+_COLUMN_SOURCES = {c.name: (c.attribute, _READERS[c.kind]) for c in layout.PARQUET_COLUMNS}
 
 
 def parquet_row(item: dict[str, Any]) -> dict[str, Any]:

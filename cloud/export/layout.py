@@ -12,8 +12,9 @@ never reads a marker, a manifest, or half a file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from device.columns import COLUMNS
 
 FORMATS = ("datapipeline", "parquet")
 DATA_PREFIX = {"datapipeline": "sensor_data", "parquet": "readings"}
@@ -21,48 +22,13 @@ MANIFEST_PREFIX = "_manifests"
 PARTITION_KEY = "dt"  # dt=YYYY-MM-DD, the UTC day of the reading's time
 
 
-@dataclass(frozen=True)
-class ParquetColumn:
-    name: str
-    arrow_type: str  # pyarrow type name, e.g. "string", "timestamp[ms]"
-    athena_type: str
-    nullable: bool = False
-    doc: str = ""
-    #: A Parquet encoding instead of the dictionary, e.g. DELTA_BINARY_PACKED for values that
-    #: climb steadily (times, counters): a dictionary of millions of distinct times overflows
-    #: and falls back to 8 plain bytes a value.
-    encoding: str | None = None
-
-
-DELTA = "DELTA_BINARY_PACKED"
-
-
-#: The flat `readings` table, in column order (the partition column `dt` comes last).
-#: Times are plain `timestamp[ms]` holding UTC, as Athena's `timestamp` is. The zoned type
-#: exports wrote before (`tz=UTC`) made DuckDB convert every row to the plain type the table
-#: declares: the summary over 5,000,000 readings took four times the CPU. Times and seq are
-#: delta-encoded: that summary reads 14 MB of columns instead of 31, with a fifth less CPU
-#: (bench/query_report.py).
-PARQUET_COLUMNS = (
-    ParquetColumn("sensor_id", "string", "string", doc="the device id (SensorId)"),
-    ParquetColumn(
-        "time", "timestamp[ms]", "timestamp", doc="the reading's time (CurrentTime)", encoding=DELTA
-    ),
-    ParquetColumn("temperature", "double", "double", doc="degrees Celsius"),
-    ParquetColumn(
-        "seq", "int64", "bigint", nullable=True, doc="per-device counter", encoding=DELTA
-    ),
-    ParquetColumn("humidity", "double", "double", nullable=True, doc="percent"),
-    ParquetColumn("pressure", "double", "double", nullable=True, doc="hPa"),
-    ParquetColumn(
-        "received_at",
-        "timestamp[ms]",
-        "timestamp",
-        nullable=True,
-        doc="when the cloud received it",
-        encoding=DELTA,
-    ),
-)
+#: The flat `readings` table: the reading's columns (`device.columns.COLUMNS`), in their
+#: order (the partition column `dt` comes last). Times are plain `timestamp[ms]` holding
+#: UTC, as Athena's `timestamp` is. The zoned type exports wrote before (`tz=UTC`) made
+#: DuckDB convert every row to the plain type the table declares: the summary over
+#: 5,000,000 readings took four times the CPU. Times and seq are delta-encoded: that summary
+#: reads 14 MB of columns instead of 31, with a fifth less CPU (bench/query_report.py).
+PARQUET_COLUMNS = COLUMNS
 
 
 def parquet_writer_options() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from cloud.export.location import ExportRoot
 from cloud.export.progress import human_bytes
 from cloud.export.storage import StoredObject
 from cloud.timeparse import iso_ms
-from device.payload import TS_MAX_MS, TS_MIN_MS
+from device.columns import TS_MAX_MS, TS_MIN_MS
 
 METHODS = ("scan", "native")
 NATIVE = "native"  # the manifest area of --method native

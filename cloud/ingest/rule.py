@@ -1,6 +1,7 @@
 """The IoT rule, defined once: the SQL deployed to AWS IoT and the mapping `cloud ingest` runs.
 
-What is written comes from `COLUMNS`; what is refused comes from the payload contract's own
+What is written comes from the reading's columns (`device.columns.COLUMNS`: each one's item
+attribute, DynamoDB type and source); what is refused comes from the payload contract's own
 table (`device.payload.FIELDS`, which `parse_payload` applies for `cloud ingest`), turned into
 the rule's WHERE clause by `CHECKS`. So the deployed rule and the local bridge cannot drift.
 """
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from cloud.table import number
+from device.columns import COLUMNS
 from device.payload import (
     FIELDS,
     MAX_PAYLOAD_BYTES,
@@ -25,29 +27,6 @@ from device.payload import (
 )
 
 TOPIC_FILTER = "sensors/+/data"
-
-
-@dataclass(frozen=True)
-class Column:
-    attribute: str  # the item's attribute in SensorData
-    source: str  # the payload field, or an IoT SQL function of the topic
-    kind: str  # DynamoDB type: "S" or "N"
-    required: bool = True
-
-
-COLUMNS = (
-    # The identity comes from the topic, which the broker's ACL / IoT policy ties to the
-    # device's certificate; the payload's sensor_id is only checked against it.
-    Column("SensorId", "topic(2)", "S"),
-    Column("CurrentTime", "ts", "N"),
-    Column("Temperature", "temperature", "N"),
-    Column("Seq", "seq", "N"),
-    Column("Humidity", "humidity", "N", required=False),
-    Column("Pressure", "pressure", "N", required=False),
-    # When the cloud received it (IoT SQL's timestamp()): exports take what arrived since
-    # their last run by this, so readings a device kept offline for hours are not skipped.
-    Column("ReceivedAt", "timestamp()", "N"),
-)
 
 
 # -- what the rule refuses: payload v1's checks in AWS IoT SQL (2016-03-23) -------------------
@@ -210,21 +189,15 @@ def topic_sensor_id(topic: str) -> str:
 def to_item(topic: str, payload: bytes, received_ms: int | None = None) -> dict[str, Any]:
     """The DynamoDB item the rule writes for this message; PayloadError says why not."""
     sensor_id = topic_sensor_id(topic)
-    reading = parse_payload(payload, sensor_id)
-    fields: dict[str, Any] = {
-        "timestamp()": int(time.time() * 1000) if received_ms is None else received_ms,
-        "topic(2)": sensor_id,
-        "ts": reading.ts,
-        "temperature": reading.temperature,
-        "seq": reading.seq,
-        **reading.metrics,
-    }
+    values: dict[str, Any] = parse_payload(payload, sensor_id).to_dict()
+    # What the rule's IoT SQL functions give; the other columns' sources are payload fields.
+    values["topic(2)"] = sensor_id
+    values["timestamp()"] = int(time.time() * 1000) if received_ms is None else received_ms
     item: dict[str, Any] = {}
     for column in COLUMNS:
-        if column.source not in fields:
-            continue
-        value = fields[column.source]
-        item[column.attribute] = {
-            column.kind: value if column.kind == "S" else _storable(column.source, value)
-        }
+        value = values.get(column.source)
+        if value is None:
+            continue  # an optional metric the reading does not carry
+        kind = column.dynamodb_type
+        item[column.attribute] = {kind: value if kind == "S" else _storable(column.source, value)}
     return item

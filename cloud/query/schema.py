@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cloud.export.layout import DATA_PREFIX, PARQUET_COLUMNS, PARTITION_KEY
 from cloud.export.location import ExportRoot
 from cloud.query.engines import sql_literal as _literal
+from device.columns import COLUMNS
 
 SENSOR_DATA = "sensor_data"
 READINGS = "readings"
@@ -28,7 +29,10 @@ TABLES = (SENSOR_DATA, READINGS)
 #: Which export format fills which table (`cloud export --format`).
 TABLE_FORMAT = {SENSOR_DATA: "datapipeline", READINGS: "parquet"}
 
+#: How `sensor_data` reads the JSON lines, and `readings` the Parquet files (the Glue
+#: tables of cloud.stack.template name them; Athena's DDL says STORED AS PARQUET).
 JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
 
 
 @dataclass(frozen=True)
@@ -43,18 +47,23 @@ class JsonField:
         return self.key.lower()  # what Athena calls it (Hive lower-cases column names)
 
 
-SENSOR_DATA_FIELDS = (
-    JsonField("SensorId", "struct<s:string>"),
-    JsonField("CurrentTime", "struct<n:bigint>"),
-    JsonField("Temperature", "struct<n:float>"),
+#: The tutorial's columns, each a one-field struct named after its DynamoDB type.
+SENSOR_DATA_FIELDS = tuple(
+    JsonField(c.attribute, f"struct<{c.dynamodb_type.lower()}:{c.tutorial_type}>")
+    for c in COLUMNS
+    if c.tutorial_type is not None
 )
 
+#: Partition projection on `dt` starts here; readings before it are not seen by Athena.
+PROJECTION_START = "2020-01-01"
 #: Athena partition projection for `readings`: one partition per UTC day, none registered.
+#: Athena computes the dt= prefixes itself, so no crawler or MSCK REPAIR is needed when an
+#: export adds a day.
 READINGS_PROJECTION = (
     ("projection.enabled", "true"),
     (f"projection.{PARTITION_KEY}.type", "date"),
     (f"projection.{PARTITION_KEY}.format", "yyyy-MM-dd"),
-    (f"projection.{PARTITION_KEY}.range", "2020-01-01,NOW"),
+    (f"projection.{PARTITION_KEY}.range", f"{PROJECTION_START},NOW"),
     (f"projection.{PARTITION_KEY}.interval", "1"),
     (f"projection.{PARTITION_KEY}.interval.unit", "DAYS"),
 )

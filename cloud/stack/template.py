@@ -23,6 +23,7 @@ from typing import Any
 
 from cloud.export import layout
 from cloud.ingest.rule import TOPIC_FILTER, rejected_rule_sql, rule_sql
+from cloud.query import schema
 from cloud.stack import yaml_text
 from cloud.table import ATTRIBUTES, KEY_SCHEMA
 from device.payload import data_topic, status_topic
@@ -40,15 +41,6 @@ RULE_ERRORS_PREFIX = "_rule-errors/"
 #: The rejected-readings rule is named after the topic rule, with this suffix.
 REJECTED_RULE_SUFFIX = "_rejected"
 ATHENA_RESULTS_PREFIX = "results/"
-#: Partition projection on `dt` starts here; readings before it are not seen by Athena.
-PROJECTION_START = "2020-01-01"
-#: The tutorial's `sensor_data` table: struct columns over the Data Pipeline JSON lines.
-#: TODO(schema): take these and the Parquet columns from cloud/query/schema.py once it exists.
-DATAPIPELINE_COLUMNS = (
-    ("sensorid", "struct<s:string>", "SensorId"),
-    ("currenttime", "struct<n:bigint>", "CurrentTime"),
-    ("temperature", "struct<n:float>", "Temperature"),
-)
 #: The IoT policy variable naming the connected thing (`${!...}` is Fn::Sub's literal form).
 THING_VARIABLE = "${!iot:Connection.Thing.ThingName}"
 _PLACEHOLDER = "thing-name-placeholder"
@@ -328,13 +320,15 @@ def _sensor_data_table() -> dict[str, Any]:
             "TableType": "EXTERNAL_TABLE",
             "Parameters": {"classification": "json", "EXTERNAL": "TRUE"},
             "StorageDescriptor": {
-                "Columns": [{"Name": n, "Type": t} for n, t, _ in DATAPIPELINE_COLUMNS],
+                "Columns": [
+                    {"Name": f.column, "Type": f.athena_type} for f in schema.SENSOR_DATA_FIELDS
+                ],
                 "Location": _sub(f"s3://${{ExportsBucket}}/{prefix}/"),
                 "InputFormat": "org.apache.hadoop.mapred.TextInputFormat",
                 "OutputFormat": "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
                 "SerdeInfo": {
-                    "SerializationLibrary": "org.openx.data.jsonserde.JsonSerDe",
-                    "Parameters": {"paths": ",".join(p for _, _, p in DATAPIPELINE_COLUMNS)},
+                    "SerializationLibrary": schema.JSON_SERDE,
+                    "Parameters": {"paths": ",".join(f.key for f in schema.SENSOR_DATA_FIELDS)},
                 },
             },
         },
@@ -353,14 +347,7 @@ def _readings_table() -> dict[str, Any]:
             "Parameters": {
                 "classification": "parquet",
                 "EXTERNAL": "TRUE",
-                # Partition projection: Athena computes the dt= prefixes itself, so no
-                # crawler or MSCK REPAIR is needed when an export adds a day.
-                "projection.enabled": "true",
-                f"projection.{key}.type": "date",
-                f"projection.{key}.format": "yyyy-MM-dd",
-                f"projection.{key}.range": f"{PROJECTION_START},NOW",
-                f"projection.{key}.interval": "1",
-                f"projection.{key}.interval.unit": "DAYS",
+                **dict(schema.READINGS_PROJECTION),
                 "storage.location.template": _sub(f"{location}{key}=${{!{key}}}/"),
             },
             "PartitionKeys": [{"Name": key, "Type": "string", "Comment": "UTC day, YYYY-MM-DD"}],
@@ -372,11 +359,7 @@ def _readings_table() -> dict[str, Any]:
                 "Location": _sub(location),
                 "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
                 "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
-                "SerdeInfo": {
-                    "SerializationLibrary": (
-                        "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
-                    )
-                },
+                "SerdeInfo": {"SerializationLibrary": schema.PARQUET_SERDE},
             },
         },
     )

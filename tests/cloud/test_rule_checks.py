@@ -24,13 +24,12 @@ from cloud.ingest.rule import (
     to_item,
     where_sql,
 )
+from device.columns import TS_MAX_MS, TS_MIN_MS
 from device.payload import (
     FIELDS,
     MAX_PAYLOAD_BYTES,
     OPTIONAL_METRICS,
     SENSOR_ID_RE,
-    TS_MAX_MS,
-    TS_MIN_MS,
     PayloadError,
 )
 

@@ -22,10 +22,11 @@ import yaml
 
 from cloud.aws import Endpoint
 from cloud.export import layout
-from cloud.ingest.rule import COLUMNS, TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
+from cloud.ingest.rule import TOPIC_FILTER, rejected_rule_sql, rule_sql, to_item
 from cloud.stack import template
 from cloud.stack.resolver import Resolver
 from cloud.table import KEY_SCHEMA
+from device.columns import COLUMNS
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 #: Where `make lint` installs checkov (a venv of its own: its pins clash with the project's).

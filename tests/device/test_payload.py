@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from device.payload import TS_MAX_MS, TS_MIN_MS, PayloadError, Reading, parse_payload
+from device.columns import TS_MAX_MS, TS_MIN_MS
+from device.payload import PayloadError, Reading, parse_payload
 
 
 def test_round_trip_keeps_every_field():
