@@ -61,6 +61,7 @@ lint: setup
 	$(VENV)/bin/mypy device cloud
 	$(VENV)/bin/cfn-lint cloud/cloudformation/sensor-pipeline.yaml
 	$(PY) -m cloud.stack.template --check
+	$(PY) -m cloud.cli.reference --check
 	@tools=$(VENV)/lint-tools; version=3.3.30; \
 	if [ "$$($$tools/bin/checkov --version 2>/dev/null)" != "$$version" ]; then \
 		echo "installing checkov $$version into $$tools"; \

@@ -1,4 +1,6 @@
-"""`device-agent`: the command line over device.agent. Parsing and error reporting only."""
+"""`device-agent`: the command line over device.agent. Parsing and error reporting; and
+run_agents, the process's part rather than the agent's: it takes SIGINT/SIGTERM for every
+agent it runs and prints each one's tally."""
 
 from __future__ import annotations
 

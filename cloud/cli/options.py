@@ -30,9 +30,7 @@ def target_options(func: F) -> F:
 
 
 def stack_name(help: str) -> Callable[[F], F]:
-    return click.option(
-        "--stack-name", default=DEFAULT_STACK_NAME, show_default=True, help=help
-    )
+    return click.option("--stack-name", default=DEFAULT_STACK_NAME, show_default=True, help=help)
 
 
 def output_format(func: F) -> F:

@@ -55,9 +55,7 @@ def format_result(result: QueryResult, fmt: str) -> Iterator[str]:
     return format_rows(result.columns, result.rows, fmt)
 
 
-def format_rows(
-    columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str
-) -> Iterator[str]:
+def format_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str) -> Iterator[str]:
     """Lines to print: an aligned table, CSV with a header, or one JSON object per row.
 
     CSV and JSON go out row by row as `rows` yields them; a table needs them all first, for
