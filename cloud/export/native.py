@@ -26,6 +26,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cloud.errors import aws_code, aws_message
 from cloud.export.ledger import Ledger, iso_time, new_run_id
 from cloud.export.progress import Progress
 from cloud.export.s3 import S3Prefix
@@ -91,11 +92,9 @@ class NativeExport:
         try:
             export = self.ddb.export_table_to_point_in_time(**request)["ExportDescription"]
         except ClientError as exc:
-            error = exc.response.get("Error", {})
             raise ExportError(
-                f"native export of {self.table} refused: {error.get('Code')}: "
-                f"{error.get('Message')}",
-                error.get("Code"),
+                f"native export of {self.table} refused: {aws_code(exc)}: {aws_message(exc)}",
+                aws_code(exc) or None,
             ) from None
         export = self._wait(str(export["ExportArn"]))
         created = [o for o in self.dest.list(f"{NATIVE_DIR}/") if o.key not in before]

@@ -18,7 +18,7 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud.errors import LeaseHeld, StorageError
+from cloud.errors import LeaseHeld, StorageError, aws_code, aws_message
 from cloud.export.storage import (
     LEASE_SECONDS,
     TEMP_SUFFIX,
@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 
 def _aws_error(exc: Exception) -> tuple[str, str | None]:
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code')}: {error.get('Message')}", error.get("Code")
+        return f"{aws_code(exc)}: {aws_message(exc)}", aws_code(exc) or None
     return str(exc), None
 
 
@@ -86,7 +85,7 @@ class S3Prefix(Destination):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
+            code = aws_code(exc)
             if code in ("404", "NoSuchBucket"):
                 raise StorageError(
                     f"bucket {self.bucket} does not exist; create it (aws s3 mb s3://{self.bucket})"
@@ -133,7 +132,7 @@ class S3Prefix(Destination):
             data: bytes = body.read()
             return data
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if aws_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail(f"cannot read {key} from", exc) from None
         except BotoCoreError as exc:
@@ -187,7 +186,7 @@ class S3Prefix(Destination):
                 answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
                 data, stale = answer["Body"].read(), str(answer["ETag"])
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                if aws_code(exc) in ("NoSuchKey", "404"):
                     continue  # released since: try again
                 raise self._fail(f"cannot read {key} from", exc) from None
             except BotoCoreError as exc:
@@ -229,7 +228,7 @@ class S3Prefix(Destination):
                 **condition,
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (*_CONDITION_FAILED, "NoSuchKey"):
+            if aws_code(exc) in (*_CONDITION_FAILED, "NoSuchKey"):
                 return None
             raise self._fail(f"cannot write the lease {key} to", exc) from None
         except BotoCoreError as exc:
@@ -242,7 +241,7 @@ class S3Prefix(Destination):
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (*_CONDITION_FAILED, "NoSuchKey"):
+            if aws_code(exc) in (*_CONDITION_FAILED, "NoSuchKey"):
                 return
             raise self._fail(f"cannot delete the lease {key} from", exc) from None
         except BotoCoreError as exc:

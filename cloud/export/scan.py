@@ -12,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud.errors import aws_code, aws_message
 from cloud.export.spec import ExportError
 from cloud.target import aws_problem
 
@@ -119,12 +120,11 @@ def describe_table(ddb: Any, table: str) -> dict[str, Any]:
 
 
 def table_error(exc: ClientError, table: str) -> ExportError:
-    error = exc.response.get("Error", {})
-    code = error.get("Code")
+    code = aws_code(exc) or None
     if code == "ResourceNotFoundException":
         return ExportError(
             f"table {table} not found; is the stack up (cloud status), or is SENSOR_TABLE "
             "or --target wrong?",
             code,
         )
-    return ExportError(f"reading table {table} failed: {code}: {error.get('Message')}", code)
+    return ExportError(f"reading table {table} failed: {code}: {aws_message(exc)}", code)

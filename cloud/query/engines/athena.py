@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.errors import ConfigError, QueryError
+from cloud.errors import ConfigError, QueryError, aws_code, aws_message
 from cloud.export.location import ExportRoot
 from cloud.query import schema
 from cloud.query.engines import Param, QueryResult, first_line, is_data_file
@@ -185,7 +185,7 @@ class AthenaEngine:
         try:
             self._glue.get_database(Name=db)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "EntityNotFoundException":
+            if aws_code(exc) == "EntityNotFoundException":
                 return False
             raise QueryError(f"cannot read database {db}: {exc}", _code(exc)) from None
         return True
@@ -194,7 +194,7 @@ class AthenaEngine:
         try:
             found = self._glue.get_table(DatabaseName=db, Name=table)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "EntityNotFoundException":
+            if aws_code(exc) == "EntityNotFoundException":
                 return None
             raise QueryError(f"cannot read table {db}.{table}: {exc}", _code(exc)) from None
         return str(found["Table"].get("StorageDescriptor", {}).get("Location", ""))
@@ -215,7 +215,7 @@ class AthenaEngine:
         try:
             query_id = str(self._athena.start_query_execution(**kwargs)["QueryExecutionId"])
         except ClientError as exc:
-            message = first_line(exc.response["Error"].get("Message", str(exc)))
+            message = first_line(aws_message(exc))
             if "output location" in message.lower():
                 message += " (set --athena-output or ATHENA_OUTPUT to s3://BUCKET/PREFIX/)"
             raise QueryError(f"Athena refused the query: {message}", _code(exc)) from None
@@ -308,4 +308,4 @@ def _typed(text: str, kind: str) -> Any:
 
 
 def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+    return aws_code(exc) or "ClientError"
