@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.device.conftest import outbox_rows
 from tests.mqtt import finish, kill9, start_agent, wait_until
+from tests.outbox import outbox_rows
 
 
 def seqs(sub, device_id: str) -> list[int]:

@@ -1,18 +1,19 @@
 """Fixtures for the end-to-end fault tests: real processes (Mosquitto, device agents, cloud
 ingest, moto's server), real faults, and assertions on what lands in the table.
 
-The fleet of the fault scenarios: FLEET devices x READINGS readings each, so the table must
-end with every (SensorId, Seq) in 0..READINGS-1 exactly once and FLEET * READINGS items.
+The fleet of the fault scenarios (FleetRun, the `fleet_run` fixture): FLEET devices x
+READINGS readings each through a broker and ingest, so the table must end with every
+(SensorId, Seq) in 0..READINGS-1 exactly once and FLEET * READINGS items. Longer than our
+usual module because each part builds on the one before: child processes, agents, ingest,
+the fleet through them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from tests.conftest import Pki
 from tests.ingest_run import Running as SharedRunning
 from tests.ingest_run import ingest_runner
 from tests.mqtt import CHILDREN, REPO, agent_command, wait_until
+from tests.outbox import outbox_state
 from tests.table import assert_every_reading_once, missing_seqs, scan_items, seq_ranges, settle
 
 FLEET = 5
@@ -196,22 +198,6 @@ def summary_line(output: str, sensor_or_total: str) -> str:
     lines = [ln for ln in output.splitlines() if ln.startswith(f"{sensor_or_total}: published ")]
     assert lines, f"no summary line for {sensor_or_total!r} in:\n{output}"
     return lines[-1]
-
-
-def outbox_state(outbox: Path) -> tuple[int, int]:
-    """(next seq, readings waiting) of an agent's outbox, read as a user would with sqlite3.
-
-    A read-write connection, as the agent opens it: after a SIGKILL only such a connection
-    replays the WAL (a read-only one may see the state one commit behind)."""
-    if not outbox.exists():
-        return 0, 0
-    with contextlib.closing(sqlite3.connect(outbox, timeout=5)) as db:
-        try:
-            row = db.execute("SELECT value FROM state WHERE key = 'next_seq'").fetchone()
-            waiting = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0, 0
-    return (0 if row is None else int(row[0])), int(waiting)
 
 
 # -- ingest ---------------------------------------------------------------------------------
@@ -398,7 +384,7 @@ class FleetRun:
     def whereabouts(self) -> str:
         """Ingest's stats line and, per device, its outbox and the seqs the table lacks:
         whether the readings not yet confirmed are in the table or still on their way."""
-        lines = [f"ingest now: {self.ingest_line()}"]
+        lines = [self.ingest_line()]
         try:
             items = scan_items(self.ddb, self.settings.table)
         except Exception as exc:  # the report must not hide the failure it explains
@@ -409,7 +395,7 @@ class FleetRun:
             next_seq, waiting = outbox_state(self.agents.outbox(i))
             gaps = missing[i]
             lines.append(
-                f"{i}: outbox next seq {next_seq}, {waiting} waiting; table lacks "
+                f"{i}: outbox next seq {next_seq}, {waiting} not confirmed; table lacks "
                 + (f"{len(gaps)} seq(s): {seq_ranges(gaps)}" if gaps else "none")
             )
         return "\n".join(lines)
@@ -419,7 +405,8 @@ class FleetRun:
             alive = "" if self.ingest.thread.is_alive() else f" (stopped: {self.ingest.outcome!r})"
             return self.ingest.stats.line() + alive
         if self.child is not None:
-            reports = [ln for ln in self.child.log().splitlines() if " ingest: " in ln]
+            log = self.child.log().splitlines()
+            reports = [ln for ln in log if " ingest: " in ln and " received " in ln]
             alive = "" if self.child.proc.alive() else " (process ended)"
             return (reports[-1] if reports else "no report line in its log") + alive
         return "not started"

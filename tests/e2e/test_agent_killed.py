@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import READINGS, FleetRun, outbox_state, summary_line
+from tests.e2e.conftest import READINGS, FleetRun, summary_line
 from tests.mqtt import wait_until
+from tests.outbox import outbox_state
 
 
 @pytest.mark.slow

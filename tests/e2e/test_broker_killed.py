@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import FleetRun, outbox_state
+from tests.e2e.conftest import FleetRun
 from tests.mqtt import Subscriber, wait_until
+from tests.outbox import outbox_state
 
 KILLS = 3
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import FLEET, READINGS, FleetRun, outbox_state, summary_line
+from tests.e2e.conftest import FLEET, READINGS, FleetRun, summary_line
+from tests.outbox import outbox_state
 from tests.proxy import Proxy
 
 CUT_SECONDS = 30.0

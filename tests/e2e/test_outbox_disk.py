@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from cloud.local.mosquitto import Mosquitto
-from tests.e2e.conftest import Agents, Proc, outbox_state, summary_line
+from tests.e2e.conftest import Agents, Proc, summary_line
 from tests.mqtt import Subscriber, wait_until
+from tests.outbox import outbox_state
 
 KEEP_BEFORE_FAULT = 5
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from cloud.local.mosquitto import Mosquitto
-from tests.e2e.conftest import Agents, outbox_state, summary_line
+from tests.e2e.conftest import Agents, summary_line
 from tests.mqtt import Subscriber, wait_until
+from tests.outbox import outbox_state
 
 OUTBOX_MAX = 50
 COUNT = 200
