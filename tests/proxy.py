@@ -111,9 +111,10 @@ class Proxy:
         self._thread.start()
         return self
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait for the proxy to end (its lifetime over, or stopped): whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def open_connections(self) -> int:

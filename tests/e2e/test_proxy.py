@@ -126,10 +126,7 @@ def test_delay_and_drop(echo_port: int) -> None:
 def test_proxy_stops_by_itself_after_its_lifetime(echo_port: int) -> None:
     proxy = Proxy(echo_port, lifetime=0.3).start()
     try:
-        deadline = time.monotonic() + 5
-        while proxy.running:
-            assert time.monotonic() < deadline, "the proxy outlived its lifetime"
-            time.sleep(0.05)
+        assert proxy.wait_stopped(5), "the proxy outlived its lifetime"
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
     finally:
