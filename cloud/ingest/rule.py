@@ -23,6 +23,7 @@ from device.payload import (
     VERSION,
     FieldRule,
     PayloadError,
+    Reading,
     parse_payload,
 )
 
@@ -188,8 +189,17 @@ def topic_sensor_id(topic: str) -> str:
 
 def to_item(topic: str, payload: bytes, received_ms: int | None = None) -> dict[str, Any]:
     """The DynamoDB item the rule writes for this message; PayloadError says why not."""
+    return to_reading_and_item(topic, payload, received_ms)[1]
+
+
+def to_reading_and_item(
+    topic: str, payload: bytes, received_ms: int | None = None
+) -> tuple[Reading, dict[str, Any]]:
+    """The reading in this message and the item the rule writes for it (ingest confirms
+    the reading to its device once the item is written); PayloadError says why not."""
     sensor_id = topic_sensor_id(topic)
-    values: dict[str, Any] = parse_payload(payload, sensor_id).to_dict()
+    reading = parse_payload(payload, sensor_id)
+    values: dict[str, Any] = reading.to_dict()
     # What the rule's IoT SQL functions give; the other columns' sources are payload fields.
     values["topic(2)"] = sensor_id
     values["timestamp()"] = int(time.time() * 1000) if received_ms is None else received_ms
@@ -200,4 +210,4 @@ def to_item(topic: str, payload: bytes, received_ms: int | None = None) -> dict[
             continue  # an optional metric the reading does not carry
         kind = column.dynamodb_type
         item[column.attribute] = {kind: value if kind == "S" else _storable(column.source, value)}
-    return item
+    return reading, item

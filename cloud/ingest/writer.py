@@ -1,6 +1,6 @@
 """Ingest's table side: batches, BatchWriteItem with retries, and their release in order.
 
-The worker checks each delivery (`cloud.ingest.rule.to_item`), adds it to a batch, and hands
+The worker checks each delivery (`rule.to_reading_and_item`), adds it to a batch, and hands
 full batches to writer threads, so several BatchWriteItem calls are in flight while it fills
 the next. Whatever order the writes finish in, batches are released in the order they were
 taken: a batch's receipts and acks are queued for the network thread only once it and every
@@ -33,11 +33,11 @@ from cloud.aws import Endpoint
 from cloud.errors import aws_code
 from cloud.ingest.deadletter import DeadLetter, DeadLetterFile
 from cloud.ingest.link import Delivery, Receipt
-from cloud.ingest.rule import to_item, topic_sensor_id
+from cloud.ingest.rule import to_reading_and_item, topic_sensor_id
 from cloud.ingest.settings import IngestSettings, IngestStats
 from cloud.table import StoreError
 from device.backoff import Backoff
-from device.payload import PayloadError, check_sensor_id
+from device.payload import PayloadError, Reading, check_sensor_id
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,18 @@ class Batch:
     confirmed: dict[str, set[tuple[int, int]]] = field(default_factory=dict)  # per sensor
     deadline: float = 0.0
 
-    def add(self, key: tuple[str, str], item: dict[str, Any], delivery: Delivery) -> None:
+    def add(
+        self, key: tuple[str, str], item: dict[str, Any], reading: Reading, delivery: Delivery
+    ) -> None:
         """Add a delivery to write (a later item of the same key replaces the earlier)."""
         self.items[key] = item
-        self.add_written(key, item, delivery)
+        self.add_written(key, reading, delivery)
 
-    def add_written(self, key: tuple[str, str], item: dict[str, Any], delivery: Delivery) -> None:
+    def add_written(self, key: tuple[str, str], reading: Reading, delivery: Delivery) -> None:
         """Add a delivery whose item is in the table already: acknowledged and confirmed
         along with the batch, not written again."""
         self.deliveries.append(delivery)
-        reading = (int(item["Seq"]["N"]), int(item["CurrentTime"]["N"]))
-        self.confirmed.setdefault(key[0], set()).add(reading)
+        self.confirmed.setdefault(key[0], set()).add((reading.seq, reading.ts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class BatchWriter:
     def take(self, delivery: Delivery, batch: Batch, dead: DeadLetterFile) -> None:
         self.stats.received += 1
         try:
-            item = to_item(delivery.topic, delivery.payload)
+            reading, item = to_reading_and_item(delivery.topic, delivery.payload)
         except PayloadError as err:
             dead.append(DeadLetter.now(delivery.topic, err.reason, str(err), delivery.payload))
             self.stats.dead_lettered += 1
@@ -155,9 +156,9 @@ class BatchWriter:
             # the reading is all a redelivery needs. One whose first copy is still being
             # written is released after that write (batches are released in order).
             self.stats.duplicates += 1
-            batch.add_written(key, item, delivery)
+            batch.add_written(key, reading, delivery)
         else:
-            batch.add(key, item, delivery)
+            batch.add(key, item, reading, delivery)
 
     def submit(
         self,
