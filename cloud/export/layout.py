@@ -22,12 +22,9 @@ MANIFEST_PREFIX = "_manifests"
 PARTITION_KEY = "dt"  # dt=YYYY-MM-DD, the UTC day of the reading's time
 
 
-#: The flat `readings` table: the reading's columns (`device.columns.COLUMNS`), in their
-#: order (the partition column `dt` comes last). Times are plain `timestamp[ms]` holding
-#: UTC, as Athena's `timestamp` is. The zoned type exports wrote before (`tz=UTC`) made
-#: DuckDB convert every row to the plain type the table declares: the summary over
-#: 5,000,000 readings took four times the CPU. Times and seq are delta-encoded: that summary
-#: reads 14 MB of columns instead of 31, with a fifth less CPU (bench/query_report.py).
+#: The flat `readings` table holds every column of a reading (`device.columns.COLUMNS`,
+#: which gives each its Arrow type and encoding), in their order; the partition column `dt`
+#: comes last.
 PARQUET_COLUMNS = COLUMNS
 
 
