@@ -27,10 +27,10 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from cloud.aws import Endpoint
-from cloud.errors import CertificateError, ConfigError, PipelineError
+from cloud.errors import CertificateError, ConfigError, ProvisionError, aws_code
 from cloud.identity.local_ca import Identity, certs_dir, private_folder, write_private_key
-from cloud.stack.deploy import aws_errors
 from cloud.stack.status import ats_host
+from cloud.target import aws_errors
 from device.payload import PayloadError, check_sensor_id
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,6 @@ MQTT_TLS_PORT = 8883
 DETACH_WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
-
-
-class ProvisionError(PipelineError):
-    """A device identity cannot be made or revoked in AWS IoT; `code` is AWS's error code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -77,10 +69,6 @@ class RevokeResult:
     device_id: str
     certificate_ids: list[str]  # each set INACTIVE, detached, and deleted unless kept
     deleted: bool
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _bundles() -> list[Path]:
@@ -154,7 +142,7 @@ def _thing_certificates(iot: Any, thing: str) -> list[str]:
         for page in iot.get_paginator("list_thing_principals").paginate(thingName=thing):
             ids += [arn.rsplit("/", 1)[1] for arn in page.get("principals", []) if ":cert/" in arn]
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if aws_code(exc) != "ResourceNotFoundException":
             raise
     return ids
 
@@ -170,7 +158,7 @@ def _find_certificate(iot: Any, thing: str, cert_pem: bytes) -> str | None:
         try:
             described = iot.describe_certificate(certificateId=cert_id)
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if aws_code(exc) == "ResourceNotFoundException":
                 continue
             raise
         if _same_certificate(described["certificateDescription"]["certificatePem"], cert_pem):
@@ -212,12 +200,12 @@ def _ensure_thing(iot: Any, name: str) -> None:
     try:
         iot.describe_thing(thingName=name)
     except ClientError as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if aws_code(exc) != "ResourceNotFoundException":
             raise
         try:
             iot.create_thing(thingName=name)
         except ClientError as again:
-            if _code(again) != "ResourceAlreadyExistsException":  # made meanwhile: fine
+            if aws_code(again) != "ResourceAlreadyExistsException":  # made meanwhile: fine
                 raise
 
 
@@ -229,7 +217,7 @@ def _retry(call: Callable[[], T], codes: set[str], timeout: float) -> T:
         try:
             return call()
         except ClientError as exc:
-            if _code(exc) not in codes or time.monotonic() + delay > deadline:
+            if aws_code(exc) not in codes or time.monotonic() + delay > deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 8.0)
@@ -243,7 +231,7 @@ def _revoke_certificate(iot: Any, cert_id: str, delete: bool) -> bool:
             "certificateArn"
         ]
     except ClientError as exc:
-        if _code(exc) == "ResourceNotFoundException":
+        if aws_code(exc) == "ResourceNotFoundException":
             return False
         raise
     iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
@@ -294,11 +282,13 @@ def provision_device(
     try:
         iot.get_policy(policyName=policy_name)
     except ClientError as exc:
-        if _code(exc) == "ResourceNotFoundException":
+        if aws_code(exc) == "ResourceNotFoundException":
             raise ConfigError(
                 f"IoT policy {policy_name} not found: deploy the stack first (`cloud deploy`)"
             ) from None
-        raise ProvisionError(f"cannot read IoT policy {policy_name}: {exc}", _code(exc)) from None
+        raise ProvisionError(
+            f"cannot read IoT policy {policy_name}: {exc}", aws_code(exc)
+        ) from None
     host = ats_host(iot)
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -308,7 +298,7 @@ def provision_device(
         )
     except ClientError as exc:
         raise ProvisionError(
-            f"AWS IoT refused the certificate request for {device_id}: {exc}", _code(exc)
+            f"AWS IoT refused the certificate request for {device_id}: {exc}", aws_code(exc)
         ) from None
     cert_pem = str(made["certificatePem"]).encode()
     cert_id, cert_arn = str(made["certificateId"]), str(made["certificateArn"])
@@ -332,7 +322,7 @@ def provision_device(
         except ClientError as undo:
             log.error("could not remove certificate %s after a failure: %s", cert_id, undo)
         if isinstance(exc, ClientError):
-            raise ProvisionError(f"cannot provision {device_id}: {exc}", _code(exc)) from None
+            raise ProvisionError(f"cannot provision {device_id}: {exc}", aws_code(exc)) from None
         if isinstance(exc, OSError):
             raise CertificateError(f"cannot write {folder}: {exc}") from None
         raise
@@ -371,7 +361,7 @@ def revoke_device_aws(
             if _revoke_certificate(iot, cert_id, delete):
                 revoked.append(cert_id)
     except ClientError as exc:
-        raise ProvisionError(f"cannot revoke {device_id}: {exc}", _code(exc)) from None
+        raise ProvisionError(f"cannot revoke {device_id}: {exc}", aws_code(exc)) from None
     if not revoked:
         raise ProvisionError(
             f"{device_id} has no certificate in AWS IoT (no thing, nothing attached, and "

@@ -11,21 +11,14 @@ from dataclasses import dataclass
 
 from cloud import target as targets
 from cloud.aws import Endpoint
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, QueryError
 from cloud.export.location import ExportRoot, Where
-from cloud.query.engines import (
-    ENGINES,
-    Engine,
-    Param,
-    QueryError,
-    QueryResult,
-)
+from cloud.query.engines import ENGINES, Engine, Param, QueryResult
 from cloud.query.engines.athena import AthenaSettings
 from cloud.query.reports import Window, report_query
 
 __all__ = [
     "ENGINES",
-    "QueryError",
     "QueryResult",
     "QueryTarget",
     "open_engine",

@@ -21,13 +21,12 @@ from click.testing import CliRunner, Result
 from cloud.aws import Endpoint
 from cloud.cli import main
 from cloud.cli.output import format_result
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, QueryError
 from cloud.export.layout import PARQUET_COLUMNS
 from cloud.export.location import ExportRoot
 from cloud.local.stack import StackState
 from cloud.query import run as query_module
 from cloud.query import schema
-from cloud.query.engines import QueryError
 from cloud.query.reports import Window, report_query
 from cloud.query.run import resolve_target, run_query, run_report
 from cloud.target import Target
