@@ -120,6 +120,8 @@ def _text(value: Any, table: bool = False) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    if value is None:
+        return None  # SQL's NULL, a metric not measured: null, not "None"
     if isinstance(value, dt.datetime):
         return _iso(value)
     if isinstance(value, dt.date | dt.time):
