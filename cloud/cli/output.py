@@ -23,31 +23,18 @@ from cloud.errors import ConfigError
 from cloud.query.engines import QueryResult
 from cloud.table import Row
 from cloud.timeparse import iso_ms
+from device.payload import OPTIONAL_METRICS
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
-#: A reading's columns in every format; a metric it did not carry is empty (null in JSON).
-READING_COLUMNS = (
-    "sensor_id",
-    "time",
-    "time_ms",
-    "temperature",
-    "humidity",
-    "pressure",
-    "seq",
-)
+#: A reading's columns in every format, each optional metric (device.columns) included; a
+#: metric it did not carry is empty (null in JSON).
+READING_COLUMNS = ("sensor_id", "time", "time_ms", "temperature", *OPTIONAL_METRICS, "seq")
 
 
 def reading_values(row: Row) -> tuple[Any, ...]:
-    return (
-        row.sensor_id,
-        iso_ms(row.time_ms),
-        row.time_ms,
-        row.temperature,
-        row.metrics.get("humidity"),
-        row.metrics.get("pressure"),
-        row.seq,
-    )
+    metrics = (row.metrics.get(name) for name in OPTIONAL_METRICS)
+    return (row.sensor_id, iso_ms(row.time_ms), row.time_ms, row.temperature, *metrics, row.seq)
 
 
 def format_result(result: QueryResult, fmt: str) -> Iterator[str]:
