@@ -12,6 +12,7 @@ from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.export.layout import FORMATS
 from cloud.export.run import ExportSpec, run_export, terminal_progress
+from cloud.export.spec import MAX_SEGMENTS, METHODS
 from cloud.timeparse import parse_time_ms
 
 #: The flags' defaults are the spec's own, so `--help` and a library caller agree.
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Export
 )
 @click.option(
     "--segments",
-    type=click.IntRange(1, 1_000_000),
+    type=click.IntRange(1, MAX_SEGMENTS),
     default=DEFAULTS["segments"],
     show_default=True,
     help="Parallel scan segments, one thread each.",
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Export
 @click.option("--full", is_flag=True, help="Export everything, replacing earlier files.")
 @click.option(
     "--method",
-    type=click.Choice(["scan", "native"]),
+    type=click.Choice(METHODS),
     default=DEFAULTS["method"],
     show_default=True,
     help="native: DynamoDB's own export to S3 (needs point-in-time recovery on the table).",
