@@ -11,6 +11,7 @@ from cloud import target as targets
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.cli.output import echo_rows
+from cloud.query.engines import ENGINES
 
 
 def _query_report_names() -> list[str]:
@@ -26,7 +27,7 @@ def _query_report_names() -> list[str]:
 )
 @click.option(
     "--engine",
-    type=click.Choice(["duckdb", "athena"]),
+    type=click.Choice(ENGINES),
     default="duckdb",
     show_default=True,
     help="DuckDB in this process, or Athena (S3 only).",
