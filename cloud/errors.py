@@ -47,6 +47,14 @@ class DeadLetterError(PipelineError):
     """The dead-letter file cannot be written or read."""
 
 
+class TableError(PipelineError):
+    """The SensorData table cannot be created, written or read."""
+
+
+class ExportError(PipelineError):
+    """The export cannot run or failed."""
+
+
 class StorageError(PipelineError):
     """An export's destination cannot be reached, read or written."""
 

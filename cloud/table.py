@@ -9,17 +9,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cloud.errors import PipelineError
+from cloud.errors import TableError, aws_code
 from device.columns import COLUMNS
-
-
-class StoreError(PipelineError):
-    """The table cannot be created, written or read; `code` is AWS's error code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 KEY_SCHEMA = [
     {"AttributeName": "SensorId", "KeyType": "HASH"},
@@ -42,10 +33,8 @@ def create_table(ddb: Any, name: str) -> None:
             BillingMode="PAY_PER_REQUEST",
         )
     except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ResourceInUseException":
-            raise StoreError(
-                f"cannot create table {name}: {exc}", exc.response["Error"]["Code"]
-            ) from None
+        if aws_code(exc) != "ResourceInUseException":
+            raise TableError(f"cannot create table {name}: {exc}", aws_code(exc)) from None
     ddb.get_waiter("table_exists").wait(
         TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
     )
@@ -128,10 +117,10 @@ def query_readings(
         try:
             page = ddb.query(**kwargs)
         except ClientError as exc:
-            code = exc.response["Error"]["Code"]
+            code = aws_code(exc)
             if code == "ResourceNotFoundException":
-                raise StoreError(f"table {table} not found; is the stack up?", code) from None
-            raise StoreError(f"query on {table} failed: {exc}", code) from None
+                raise TableError(f"table {table} not found; is the stack up?", code) from None
+            raise TableError(f"query on {table} failed: {exc}", code) from None
         for item in page["Items"]:
             yield Row.from_item(item)
             returned += 1
@@ -180,8 +169,8 @@ def summarize(ddb: Any, table: str, since_ms: int | None = None) -> dict[str, Se
         try:
             page = ddb.scan(**kwargs)
         except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            raise StoreError(f"scan of {table} failed: {exc}", code) from None
+            code = aws_code(exc)
+            raise TableError(f"scan of {table} failed: {exc}", code) from None
         for item in page["Items"]:
             sensor = item["SensorId"]["S"]
             stats.setdefault(sensor, SensorStats()).add(float(item["Temperature"]["N"]))

@@ -27,13 +27,13 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud.errors import PipelineError
+from cloud.errors import ExportError, PipelineError
 from cloud.export import layout
 from cloud.export.encoding import received_at_ms, time_out_of_range
 from cloud.export.ledger import Ledger, Watermark, iso_time, new_run_id
 from cloud.export.progress import Progress
 from cloud.export.scan import ParallelScan, describe_table, table_error
-from cloud.export.spec import NOTHING_NEW, ExportError, ExportResult, ExportSpec
+from cloud.export.spec import NOTHING_NEW, ExportResult, ExportSpec
 from cloud.export.storage import Destination, Lease, StoredObject
 from cloud.export.writers import EventHook, JsonLinesWriter, ParquetWriter, Sink, Writer
 from cloud.target import aws_problem

@@ -36,9 +36,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.errors import LeaseHeld, StorageError
+from cloud.errors import ExportError, LeaseHeld, StorageError
 from cloud.export import layout
-from cloud.export.spec import ExportError
 from cloud.export.storage import Destination, Lease, is_temporary
 from cloud.timeparse import iso_ms
 

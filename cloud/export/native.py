@@ -26,12 +26,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cloud.errors import aws_code, aws_message
+from cloud.errors import ExportError, aws_code, aws_message
 from cloud.export.ledger import Ledger, iso_time, new_run_id
 from cloud.export.progress import Progress
 from cloud.export.s3 import S3Prefix
 from cloud.export.scan import describe_table, table_error
-from cloud.export.spec import NATIVE, NATIVE_DIR, ExportError, ExportResult, ExportSpec
+from cloud.export.spec import NATIVE, NATIVE_DIR, ExportResult, ExportSpec
 from cloud.export.storage import Destination, Lease
 
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud.errors import aws_code, aws_message
-from cloud.export.spec import ExportError
+from cloud.errors import ExportError, aws_code, aws_message
 from cloud.target import aws_problem
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from cloud.errors import PipelineError
+from cloud.errors import ExportError
 from cloud.export import layout
 from cloud.export.location import ExportRoot
 from cloud.export.progress import human_bytes
@@ -23,14 +23,6 @@ SETTLE_SECONDS = 10.0
 MAX_SEGMENTS = 1_000_000  # DynamoDB's limit on TotalSegments
 
 NOTHING_NEW = "nothing new"
-
-
-class ExportError(PipelineError):
-    """The export cannot run or failed; `code` is AWS's error code when there is one."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

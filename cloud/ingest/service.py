@@ -87,7 +87,7 @@ class Ingest:
         self.ready = self._link.ready
 
     def run(self, stop: threading.Event) -> IngestStats:
-        """Bridge until `stop` is set; raises StoreError, IngestError or DeadLetterError when
+        """Bridge until `stop` is set; raises TableError, IngestError or DeadLetterError when
         it cannot go on (nothing unwritten is acknowledged). `stats` holds the tally either way.
         One run per Ingest: the MQTT client and its connection count are not reusable."""
         if self._link.closing.is_set():

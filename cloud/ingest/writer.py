@@ -30,12 +30,11 @@ from botocore.exceptions import (
 )
 
 from cloud.aws import Endpoint
-from cloud.errors import aws_code
+from cloud.errors import TableError, aws_code
 from cloud.ingest.deadletter import DeadLetter, DeadLetterFile
 from cloud.ingest.link import Delivery, Receipt
 from cloud.ingest.rule import to_reading_and_item, topic_sensor_id
 from cloud.ingest.settings import IngestSettings, IngestStats
-from cloud.table import StoreError
 from device.backoff import Backoff
 from device.payload import PayloadError, Reading, check_sensor_id
 
@@ -190,7 +189,7 @@ class BatchWriter:
 
     def release(self, writes: deque[Write]) -> None:
         """Queue the receipts and acks of the finished writes at the head of `writes`, in
-        the order the batches were taken; re-raise a write's StoreError."""
+        the order the batches were taken; re-raise a write's TableError."""
         while writes and writes[0][1].done():
             batch, future = writes.popleft()
             self._writing.difference_update(batch.items)
@@ -233,12 +232,12 @@ class BatchWriter:
             except ClientError as exc:
                 code = aws_code(exc)
                 if code not in RETRYABLE_CODES:
-                    raise _store_error(table, code, exc) from None
+                    raise _table_error(table, code, exc) from None
                 why = code
             except _TRANSIENT_BOTO as exc:
                 why = type(exc).__name__
             except BotoCoreError as exc:
-                raise StoreError(f"cannot write to table {table}: {exc}") from None
+                raise TableError(f"cannot write to table {table}: {exc}") from None
             else:
                 pending = answer.get("UnprocessedItems", {}).get(table, [])
                 if not pending:
@@ -276,7 +275,7 @@ def _rejected_reading(topic: str, payload: bytes) -> tuple[str, tuple[int, int]]
     return sensor_id, (numbers[0], numbers[1])
 
 
-def _store_error(table: str, code: str, exc: ClientError) -> StoreError:
+def _table_error(table: str, code: str, exc: ClientError) -> TableError:
     if code == "ResourceNotFoundException":
         message = (
             f"table {table} not found; create it (`cloud local up`, or `cloud deploy`) and "
@@ -286,4 +285,4 @@ def _store_error(table: str, code: str, exc: ClientError) -> StoreError:
         message = f"not allowed to write to table {table} ({code}): check the AWS credentials"
     else:
         message = f"writing to table {table} failed: {exc}; nothing was acknowledged"
-    return StoreError(message, code)
+    return TableError(message, code)

@@ -27,13 +27,14 @@ from click.testing import CliRunner
 
 from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
+from cloud.errors import ExportError
 from cloud.export import layout
 from cloud.export.encoding import datapipeline_line, datapipeline_value, parquet_schema
 from cloud.export.exporter import Exporter
 from cloud.export.location import open_destination
 from cloud.export.progress import LineProgress
 from cloud.export.run import run_export, terminal_progress
-from cloud.export.spec import NOTHING_NEW, ExportError, ExportResult, ExportSpec
+from cloud.export.spec import NOTHING_NEW, ExportResult, ExportSpec
 from cloud.table import summarize
 from tests.table import scan_items
 

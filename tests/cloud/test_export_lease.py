@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from cloud.aws import Endpoint
+from cloud.errors import ExportError
 from cloud.export.run import run_export
-from cloud.export.spec import ExportError, ExportResult, ExportSpec
+from cloud.export.spec import ExportResult, ExportSpec
 from tests.cloud.test_export import (
     DATA,
     assert_no_leftovers,

@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, TableError
 from cloud.ingest.deadletter import (
     PAYLOAD_PREFIX_BYTES,
     DeadLetter,
@@ -30,7 +30,7 @@ from cloud.ingest.deadletter import (
 )
 from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
-from cloud.table import StoreError, create_table, item_count
+from cloud.table import create_table, item_count
 from device.backoff import Backoff
 from device.payload import MAX_PAYLOAD_BYTES, Reading, parse_receipt
 from tests.cloud.conftest import DevicePublisher, Running, poll
@@ -262,7 +262,7 @@ def test_missing_table_stops_ingest_without_acking_and_a_restart_writes_everythi
     device_publisher(device_id).publish(reading(device_id, 3), reading(device_id, 4))
     running.thread.join(15)
     assert not running.thread.is_alive(), "a missing table must stop ingest"
-    with pytest.raises(StoreError, match="not found") as caught:
+    with pytest.raises(TableError, match="not found") as caught:
         running.finish()
     assert caught.value.code == "ResourceNotFoundException"
     assert running.stats.written == 0

@@ -17,8 +17,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
+from cloud.errors import TableError
 from cloud.ingest.settings import IngestSettings
-from cloud.table import StoreError
 from device.payload import Reading, parse_receipt
 from tests.cloud.conftest import DevicePublisher, Running
 from tests.mqtt import Subscriber
@@ -159,7 +159,7 @@ def test_a_failed_write_holds_back_the_acks_of_later_ones_and_a_restart_writes_a
     held.table.release(0)  # ... and the earlier one fails for good
     running.thread.join(15)
     assert not running.thread.is_alive(), "a refused write must stop ingest"
-    with pytest.raises(StoreError, match="ValidationException"):
+    with pytest.raises(TableError, match="ValidationException"):
         running.finish()
     assert running.stats.written == 0
 
