@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from device.errors import ConfigError
-from device.payload import PayloadError, check_sensor_id
+from device.errors import ConfigError, PayloadError
+from device.payload import check_sensor_id
 
 ENV_PREFIX = "DEVICE_AGENT_"
 SENSORS = ("simulated", "cpu", "ds18b20", "dht22", "bme280")

@@ -27,5 +27,15 @@ class BrokerError(AgentError):
         self.reason_code = reason_code
 
 
+class PayloadError(AgentError):
+    """A message is not a valid payload v1 (or a sensor id is not valid); `reason` is short
+    and stable (for dead letters). The payload's checks are shared with the cloud side,
+    which turns this into a dead letter (ingest) or a ConfigError (a command's --id)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 class OutboxError(AgentError):
     """The on-disk outbox cannot be opened or written (disk full, read-only, corrupt)."""

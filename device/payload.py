@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from device.columns import COLUMNS, Column
-from device.errors import AgentError
+from device.errors import PayloadError
 
 VERSION = 1
 #: Metrics a reading may carry besides the temperature: the optional columns.
@@ -27,14 +27,6 @@ MAX_PAYLOAD_BYTES = 4096
 #: Thing names on AWS IoT: letters, digits, colon, underscore, hyphen; MQTT wildcards and
 #: slashes would break the topic scheme, so they are refused here too.
 SENSOR_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,128}")
-
-
-class PayloadError(AgentError):
-    """A message is not a valid payload v1; `reason` is short and stable (for dead letters)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def check_sensor_id(sensor_id: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from device.payload import PayloadError, parse_payload
+from device.errors import PayloadError
+from device.payload import parse_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "sensors/s-1/data"
@@ -43,7 +44,8 @@ from cloud.query import schema
 from cloud.query.engines.duckdb import DuckDBEngine
 from cloud.stack import template
 from cloud.table import Row
-from device.payload import OPTIONAL_METRICS, PayloadError, Reading, parse_payload
+from device.errors import PayloadError
+from device.payload import OPTIONAL_METRICS, Reading, parse_payload
 
 body = json.loads(sys.argv[1])
 export = sys.argv[2]

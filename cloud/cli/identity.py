@@ -39,7 +39,8 @@ def provision(
     machine: AWS IoT signs a CSR, and the certificate is tied to the thing ID and the
     stack's IoT policy.
     """
-    from device.payload import PayloadError, check_sensor_id
+    from device.errors import PayloadError
+    from device.payload import check_sensor_id
 
     for device_id in device_ids:
         try:

@@ -31,7 +31,8 @@ from cloud.errors import CertificateError, ConfigError, ProvisionError, aws_code
 from cloud.identity.local_ca import Identity, certs_dir, private_folder, write_private_key
 from cloud.stack.status import ats_host
 from cloud.target import aws_errors
-from device.payload import PayloadError, check_sensor_id
+from device.errors import PayloadError
+from device.payload import check_sensor_id
 
 log = logging.getLogger(__name__)
 

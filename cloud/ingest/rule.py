@@ -16,13 +16,13 @@ from typing import Any
 
 from cloud.table import number
 from device.columns import COLUMNS
+from device.errors import PayloadError
 from device.payload import (
     FIELDS,
     MAX_PAYLOAD_BYTES,
     SENSOR_ID_RE,
     VERSION,
     FieldRule,
-    PayloadError,
     Reading,
     parse_payload,
 )

@@ -36,7 +36,8 @@ from cloud.ingest.link import Delivery, Receipt
 from cloud.ingest.rule import to_reading_and_item, topic_sensor_id
 from cloud.ingest.settings import IngestSettings, IngestStats
 from device.backoff import Backoff
-from device.payload import PayloadError, Reading, check_sensor_id
+from device.errors import PayloadError
+from device.payload import Reading, check_sensor_id
 
 log = logging.getLogger(__name__)
 

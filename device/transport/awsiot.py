@@ -25,7 +25,8 @@ from awscrt.exceptions import AwsCrtError
 from awsiot import mqtt5_client_builder
 
 from device.config import AgentConfig
-from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
+from device.errors import PayloadError
+from device.payload import parse_receipt, receipt_topic, status_topic
 from device.transport import Callbacks, receipts_refused
 from device.transport.session import FATAL_CONNACK, UNSUPPORTED_VERSION
 

@@ -25,7 +25,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import AgentConfig
-from device.payload import PayloadError, parse_receipt, receipt_topic, status_topic
+from device.errors import PayloadError
+from device.payload import parse_receipt, receipt_topic, status_topic
 from device.transport import Callbacks, receipts_refused
 from device.transport.session import Refusal, Session, SessionSpec
 

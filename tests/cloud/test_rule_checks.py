@@ -25,13 +25,8 @@ from cloud.ingest.rule import (
     where_sql,
 )
 from device.columns import TS_MAX_MS, TS_MIN_MS
-from device.payload import (
-    FIELDS,
-    MAX_PAYLOAD_BYTES,
-    OPTIONAL_METRICS,
-    SENSOR_ID_RE,
-    PayloadError,
-)
+from device.errors import PayloadError
+from device.payload import FIELDS, MAX_PAYLOAD_BYTES, OPTIONAL_METRICS, SENSOR_ID_RE
 
 TOPIC = "sensors/s-1/data"
 VALID: dict[str, Any] = {

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from device.columns import TS_MAX_MS, TS_MIN_MS
-from device.payload import PayloadError, Reading, parse_payload
+from device.errors import PayloadError
+from device.payload import Reading, parse_payload
 
 
 def test_round_trip_keeps_every_field():

@@ -25,12 +25,8 @@ from cloud.ingest.rule import to_item
 from cloud.ingest.settings import IngestSettings
 from cloud.local.mosquitto import Mosquitto
 from device.columns import TS_MAX_MS, TS_MIN_MS
-from device.payload import (
-    MAX_PAYLOAD_BYTES,
-    OPTIONAL_METRICS,
-    PayloadError,
-    parse_payload,
-)
+from device.errors import PayloadError
+from device.payload import MAX_PAYLOAD_BYTES, OPTIONAL_METRICS, parse_payload
 from tests.conftest import Pki
 from tests.e2e.conftest import Running
 from tests.mqtt import MqttClient
