@@ -25,14 +25,7 @@ from cloud.export.storage import (
     holder_of,
     sha256_of,
 )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from cloud.fsync import fsync_dir
 
 
 class _LocalPending(PendingFile):
@@ -50,7 +43,7 @@ class _LocalPending(PendingFile):
                 size = os.fstat(f.fileno()).st_size
             digest = sha256_of(self.path)
             os.replace(self.path, self.target)
-            _fsync_dir(self.target.parent)
+            fsync_dir(self.target.parent)
         except OSError as exc:
             self.discard()
             raise StorageError(f"cannot write {self.target}: {exc.strerror or exc}") from None
@@ -121,7 +114,7 @@ class LocalFolder(Destination):
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
         except OSError as exc:
             raise StorageError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from None
         self._prune(src.parent)

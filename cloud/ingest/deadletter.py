@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cloud.errors import DeadLetterError
+from cloud.fsync import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class DeadLetterFile:
             handle = self.path.open("ab")
             if created:
                 # A new file's name is only durable once its folder is synced too.
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             elif not _ends_with_newline(self.path):
                 # A crash mid-append leaves a torn last line: start ours on a line of its own
                 # so one torn record never swallows the next.
@@ -134,14 +135,6 @@ def _ends_with_newline(path: Path) -> bool:
             return True
         fh.seek(-1, os.SEEK_END)
         return fh.read(1) == b"\n"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_dead_letters(path: Path) -> Iterator[DeadLetter]:
