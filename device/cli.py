@@ -375,16 +375,19 @@ def simulate(
     # processes; the AWS IoT SDK runs loops of its own.
     if all(c.transport == "paho" for c in configs):
         from device import fleet as fleets
+        from device import fleet_processes
 
         try:
-            fleets.raise_open_files_limit(devices)
+            fleet_processes.raise_open_files_limit(devices)
         except AgentError as exc:
             raise click.ClickException(str(exc)) from None
-        processes = min(os.cpu_count() or 1, math.ceil(devices / fleets.DEVICES_PER_PROCESS))
+        processes = min(
+            os.cpu_count() or 1, math.ceil(devices / fleet_processes.DEVICES_PER_PROCESS)
+        )
         if processes > 1:
             log.info("%d simulated devices in %d processes -> %s", devices, processes,
                      configs[0].broker)  # fmt: skip
-            summaries = _tallies(configs, fleets.run_processes(configs, processes))
+            summaries = _tallies(configs, fleet_processes.run_processes(configs, processes))
         else:
             fleet = fleets.Fleet(devices)
             try:

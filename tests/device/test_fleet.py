@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from device import fleet as fleet_module
+from device import fleet_processes
 from device.agent import Agent
 from device.config import AgentConfig, load_config
 from device.errors import AgentError
-from device.fleet import Fleet, raise_open_files_limit, run_processes
+from device.fleet import Fleet
+from device.fleet_processes import raise_open_files_limit, run_processes
 
 
 @contextlib.contextmanager
@@ -105,7 +106,7 @@ def test_a_stopped_fleet_keeps_what_it_could_not_send(shared_broker, pki, device
 
 
 def test_a_fleet_too_big_for_the_hard_limit_says_which_limit(monkeypatch):
-    monkeypatch.setattr(fleet_module.resource, "getrlimit", lambda _: (1024, 1024))
+    monkeypatch.setattr(fleet_processes.resource, "getrlimit", lambda _: (1024, 1024))
     with pytest.raises(AgentError, match=r"1000 devices need about 4064 open files.*1024"):
         raise_open_files_limit(1000)
 
