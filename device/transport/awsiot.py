@@ -8,6 +8,9 @@ translates: publish futures into `on_ack` / `on_failed` / `on_fatal`, lifecycle 
 Its callbacks run on awscrt's event-loop threads. Calling into the client from there only
 schedules work on that loop, so it cannot deadlock; our lock guards plain flags and is never
 held while calling the client or the agent's callbacks.
+
+It stays one module past the usual length: it is one transport, and its callbacks and the
+agent's side share the state that lock guards.
 """
 
 from __future__ import annotations
