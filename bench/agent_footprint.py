@@ -25,26 +25,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from agent_publish import (
-        AGENT_ID,
-        HOST,
-        BenchError,
-        PeakRss,
-        make_pki,
-        start_broker,
-        start_subscriber,
-    )
+from harness import BenchError, run, temp_folder, venv_imports
 
-    from cloud.errors import PipelineError
-    from cloud.identity.local_ca import Identity
-except ImportError as _exc:
-    sys.exit(f"agent_footprint: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
+with venv_imports(__file__):
+    from agent_child import AGENT_ID, PeakRss, agent_argv
+    from broker import setting_up, start_broker, start_subscriber
+
 
 REPO = Path(__file__).resolve().parent.parent
 #: Every venv has these; they are not the project's.
@@ -55,6 +45,10 @@ VENV_TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "distutil
 class Install:
     label: str
     bin: Path  # the venv's bin folder
+
+    @property
+    def agent(self) -> Path:
+        return self.bin / "device-agent"
 
     @property
     def site_packages(self) -> Path:
@@ -91,22 +85,6 @@ def size_mib(install: Install) -> float:
         files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
         total += sum(p.stat().st_size for p in files)
     return total / 2**20
-
-
-def agent_argv(install: Install, port: int, ident: Identity, outbox: Path, n: int) -> list[str]:
-    return [
-        str(install.bin / "device-agent"),
-        "--id", AGENT_ID,
-        "--broker", f"mqtts://{HOST}:{port}",
-        "--cert", str(ident.cert),
-        "--key", str(ident.key),
-        "--ca", str(ident.ca),
-        "--count", str(n),
-        "--interval", "0",
-        "--clock-wait", "0",
-        "--outbox", str(outbox),
-        "-q",
-    ]  # fmt: skip
 
 
 def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
@@ -151,14 +129,12 @@ def imported_modules(install: Install, argv: list[str], cwd: Path) -> list[str]:
 
 def measure(rounds: int) -> None:
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bench-agent-footprint-"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
-        try:
-            ca, server, _, agent = make_pki(root)
-            port = start_broker(root, ca, server, stack)
-            start_subscriber(port, ca.issue("ingest", root / "devices" / "ingest"), stack)
-        except (PipelineError, OSError) as exc:
-            raise BenchError(f"setup failed: {exc}") from exc
+        root = temp_folder(stack, "bench-agent-footprint-")
+        with setting_up():
+            broker = start_broker(root, stack)
+            agent = broker.identity(AGENT_ID)
+            start_subscriber(broker.port, broker.identity("ingest"), stack)
+        port = broker.port
         print("making the plain install (pip install . in a fresh venv) ...", flush=True)
         installs = [plain_install(root), Install("full", Path(sys.executable).parent)]
         figures: dict[str, dict[str, list[float]]] = {
@@ -168,9 +144,13 @@ def measure(rounds: int) -> None:
             for install in installs if r % 2 == 0 else reversed(installs):
                 f = figures[install.label]
                 outbox = root / f"{install.label}-{r}"
-                f["help"].append(timed([str(install.bin / "device-agent"), "--help"], root)[0])
-                f["first"].append(timed(agent_argv(install, port, agent, outbox / "1", 1), root)[0])
-                wall, rss = timed(agent_argv(install, port, agent, outbox / "1000", 1000), root)
+                f["help"].append(timed([str(install.agent), "--help"], root)[0])
+                f["first"].append(
+                    timed(agent_argv(install.agent, port, agent, outbox / "1", 1), root)[0]
+                )
+                wall, rss = timed(
+                    agent_argv(install.agent, port, agent, outbox / "1000", 1000), root
+                )
                 f["rss"].append(rss)
                 f["wall1000"].append(wall)
 
@@ -195,7 +175,7 @@ def measure(rounds: int) -> None:
             print(f"{name:<34}{plain:>10.2f}{full:>10.2f}{plain / full:>12.2f}")
 
         modules = imported_modules(
-            installs[0], agent_argv(installs[0], port, agent, root / "imports", 1), root
+            installs[0], agent_argv(installs[0].agent, port, agent, root / "imports", 1), root
         )
         by_package = collections.Counter(m.split(".")[0] for m in modules)
         stdlib = sum(n for name, n in by_package.items() if name in sys.stdlib_module_names)
@@ -217,11 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 2
     try:
         measure(args.rounds)
-    except (BenchError, subprocess.SubprocessError) as exc:
-        print(f"agent_footprint: error: {exc}", file=sys.stderr)
-        return 1
+    except subprocess.SubprocessError as exc:  # a venv or pip that failed, a child stuck
+        raise BenchError(str(exc)) from exc
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, __file__))

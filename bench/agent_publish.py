@@ -19,42 +19,33 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import shutil
-import signal
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
-try:
+from harness import BenchError, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     import paho.mqtt.client as mqtt
-    import psutil
+    from agent_child import AGENT_ID, PeakRss, agent_argv, exit_description, find_agent_exe
+    from broker import HOST, setting_up, start_broker, start_subscriber
     from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-    from cloud.errors import PipelineError
-    from cloud.identity.local_ca import Identity, LocalCA
-    from cloud.local.mosquitto import Mosquitto, MosquittoConfig
-    from cloud.local.ports import free_port
+    from cloud.identity.local_ca import Identity
     from device.agent import Agent
     from device.config import AgentConfig, load_config
     from device.errors import AgentError
     from device.transport import Callbacks, Transport, make_transport
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"agent_publish: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
-HOST = "127.0.0.1"
-#: Never the well-known port: a broker someone runs on this machine must not be touched.
-FORBIDDEN_PORT = 1883
 BASELINE_ID = "bench-baseline"
-AGENT_ID = "bench-agent"
 #: The agent's readings are ~85-byte JSON; the baseline sends one such reading padded to 100
 #: bytes (trailing spaces are valid JSON), so the baseline is never flattered by a smaller one.
 _READING = b'{"v":1,"sensor_id":"bench-baseline","ts":1764345600123,"seq":0,"temperature":21.37}'
@@ -68,10 +59,6 @@ GOAL_RSS_MIB = 40.0
 #: would otherwise all land on whichever side happens to go first.
 WARMUP_MESSAGES = 2000
 SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-
-
-class BenchError(Exception):
-    """The bench cannot produce a figure (setup failed, a run failed or timed out)."""
 
 
 class AgentCrashed(BenchError):
@@ -114,84 +101,14 @@ def deadline_for(n: int) -> float:
 # -- setup ---------------------------------------------------------------------------------
 
 
-def pick_port() -> int:
-    port = free_port(HOST)
-    while port == FORBIDDEN_PORT:  # practically never: free_port gives an ephemeral port
-        port = free_port(HOST)
-    return port
-
-
-_READER = """
-import sys, paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
-c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-reader",
-                protocol=MQTTProtocolVersion.MQTTv5)
-c.tls_set(ca, cert, key)
-c.on_connect = lambda c, *_: c.subscribe("sensors/+/data", qos=0)
-c.on_subscribe = lambda *_: print("ready", flush=True)
-c.connect(host, port)
-c.loop_forever()
-"""
-
-
-def start_subscriber(port: int, identity: Identity, stack: contextlib.ExitStack) -> None:
-    """A reader on sensors/+/data, as ingest would be: Mosquitto drops (PUBACK "no matching
-    subscribers") what nobody subscribes to, and the agent keeps such readings to resend.
-    It runs in a process of its own, so its thread takes no GIL time from the baseline."""
-    files = [str(identity.ca), str(identity.cert), str(identity.key)]
-    reader = subprocess.Popen(
-        [sys.executable, "-c", _READER, HOST, str(port), *files],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    stack.callback(reader.wait)
-    stack.callback(reader.kill)
-    assert reader.stdout is not None
-    if reader.stdout.readline().strip() != "ready":
-        raise BenchError("the reader on sensors/+/data got no SUBACK")
-
-
-def make_pki(root: Path) -> tuple[LocalCA, Identity, Identity, Identity]:
-    ca = LocalCA.create(root / "ca")
-    server = ca.issue("localhost", root / "server", server_names=(HOST, "localhost"))
-    # Client id = certificate name, as the broker's ACL (sensors/%u/data) expects.
-    baseline = ca.issue(BASELINE_ID, root / "devices" / BASELINE_ID)
-    agent = ca.issue(AGENT_ID, root / "devices" / AGENT_ID)
-    return ca, server, baseline, agent
-
-
-def start_broker(root: Path, ca: LocalCA, server: Identity, stack: contextlib.ExitStack) -> int:
-    port = pick_port()
-    config = MosquittoConfig(
-        folder=root / "mosquitto", port=port, ca=ca.cert_path, cert=server.cert, key=server.key
-    )
-    broker = Mosquitto(config)
-    # Registered before start(): a broker that started but never listened is stopped too.
-    stack.callback(broker.stop)
-    broker.start()
-    return port
-
-
-def find_agent_exe() -> Path:
-    # The console script of this venv, not whatever `device-agent` is first on PATH.
-    exe = Path(sys.executable).parent / "device-agent"
-    if not exe.is_file():
-        raise BenchError(f"{exe} not found: install the project with `make setup`")
-    return exe
-
-
 def set_up(stack: contextlib.ExitStack) -> Setup:
-    root = Path(tempfile.mkdtemp(prefix="bench-agent-publish-"))
-    stack.callback(shutil.rmtree, root, ignore_errors=True)
+    root = temp_folder(stack, "bench-agent-publish-")
     (root / "outbox").mkdir()
-    try:
-        ca, server, baseline, agent = make_pki(root)
-        port = start_broker(root, ca, server, stack)
-        start_subscriber(port, ca.issue("ingest", root / "devices" / "ingest"), stack)
-    except (PipelineError, OSError) as exc:
-        raise BenchError(f"setup failed: {exc}") from exc
-    return Setup(root, port, baseline, agent, find_agent_exe())
+    with setting_up():
+        broker = start_broker(root, stack)
+        baseline, agent = broker.identity(BASELINE_ID), broker.identity(AGENT_ID)
+        start_subscriber(broker.port, broker.identity("ingest"), stack)
+    return Setup(root, broker.port, baseline, agent, find_agent_exe())
 
 
 # -- the baseline: bare paho ---------------------------------------------------------------
@@ -280,7 +197,7 @@ def agent_config(setup: Setup, n: int, outbox: Path) -> AgentConfig:
         "qos": QOS,
         "inflight": INFLIGHT,
         "outbox": outbox,
-        "clock_wait": 0.0,  # this machine runs no NTP (see cli_command)
+        "clock_wait": 0.0,  # this machine runs no NTP (see agent_child.agent_argv)
     }
     # environ={}: a DEVICE_AGENT_* variable in the caller's shell must not change the bench.
     return load_config(AGENT_ID, flags, environ={})
@@ -384,89 +301,7 @@ def run_agent_worker(setup: Setup, n: int, label: str) -> AgentRun:
     return result
 
 
-def exit_description(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
 # -- the agent, as shipped: the real CLI in a child process --------------------------------
-
-
-def cli_command(setup: Setup, n: int, outbox: Path) -> list[str]:
-    return [
-        str(setup.agent_exe),
-        "--id", AGENT_ID,
-        "--broker", f"mqtts://{HOST}:{setup.port}",
-        "--cert", str(setup.agent.cert),
-        "--key", str(setup.agent.key),
-        "--ca", str(setup.agent.ca),
-        "--count", str(n),
-        "--interval", "0",
-        # Stamp at once: this machine runs no NTP, so its clock never reports synchronised.
-        "--clock-wait", "0",
-        "--outbox", str(outbox),
-        "-q",
-    ]  # fmt: skip
-
-
-class PeakRss:
-    """The peak RSS of one child process, sampled every 20 ms on a thread.
-
-    Not getrusage/wait4: on Linux a child's ru_maxrss starts from the RSS of the process
-    that spawned it (exec keeps the old mm's high-water mark), so a bench that has grown to
-    70 MiB would report 70 MiB for any child. /proc/PID/status VmHWM is the kernel's
-    high-water mark of the exec'd program alone, and being a maximum it makes the 20 ms
-    sampling miss nothing but growth in the child's last 20 ms. Without /proc (macOS),
-    psutil's current RSS is sampled instead, which can miss short peaks.
-    """
-
-    INTERVAL = 0.02
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        status = Path(f"/proc/{self.pid}/status")
-        if status.exists():
-            self._sample_hwm(status)
-        else:
-            self._sample_psutil()
-
-    def _sample_hwm(self, status: Path) -> None:
-        try:
-            # Opened once: the open file stays bound to this child even if its pid is
-            # reused after it is reaped (reads then fail instead of showing another process).
-            with status.open("rb") as fh:
-                while not self._stop.is_set():
-                    fh.seek(0)
-                    for line in fh.read().splitlines():
-                        if line.startswith(b"VmHWM:"):  # absent once the child is a zombie
-                            kib = int(line.split()[1])
-                            self.peak_bytes = max(self.peak_bytes, kib * 1024)
-                    self._stop.wait(self.INTERVAL)
-        except OSError:
-            pass  # the child is gone
-
-    def _sample_psutil(self) -> None:
-        try:
-            child = psutil.Process(self.pid)
-            while not self._stop.is_set():
-                self.peak_bytes = max(self.peak_bytes, child.memory_info().rss)
-                self._stop.wait(self.INTERVAL)
-        except psutil.Error:
-            pass  # the child is gone
 
 
 def run_agent_cli(setup: Setup, n: int, label: str) -> tuple[float, float]:
@@ -480,7 +315,7 @@ def run_agent_cli(setup: Setup, n: int, label: str) -> tuple[float, float]:
         # Own session: a Ctrl-C at the terminal reaches only the bench, which kills the child
         # itself instead of waiting out the agent's 10 s flush.
         proc = subprocess.Popen(
-            cli_command(setup, n, outbox),
+            agent_argv(setup.agent_exe, setup.port, setup.agent, outbox, n),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -612,25 +447,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    # SIGTERM takes the same path as Ctrl-C, so the ExitStack stops the broker and cleans up.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        measure(args.messages, args.rounds)
-    except BenchError as exc:
-        print(f"agent_publish: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("agent_publish: interrupted; broker stopped, temporary folder removed",
-              file=sys.stderr)  # fmt: skip
-        return 130
+    measure(args.messages, args.rounds)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, __file__, "interrupted; broker stopped, temporary folder removed"))

@@ -41,7 +41,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,12 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
+from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     from table_load import (
         SENSORS,
-        BenchError,
         Engine,
-        _terminate,
         load_raw,
         make_readings,
         raw_requests,
@@ -71,8 +70,6 @@ try:
     from cloud.errors import PipelineError
     from cloud.export.spec import ExportSpec
     from cloud.table import create_table
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"export_scan: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
 TABLE = "SensorData"
 FORMATS = ("parquet", "datapipeline")
@@ -402,12 +399,10 @@ def main() -> int:
         parser.error("--rounds and --segments: at least 1; --raw-limit: 0 (none) or more")
     if args.no_moto and args.no_dynalite:
         parser.error("--no-moto with --no-dynalite leaves nothing to measure")
-    signal.signal(signal.SIGTERM, _terminate)
 
     abort = threading.Event()
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bench-export-scan-"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        root = temp_folder(stack, "bench-export-scan-")
         stack.callback(abort.set)  # runs first: loader threads stop before the engines
         print(
             f"export_scan: dynalite {'skipped' if args.no_dynalite else f'{args.items:,}'}, "
@@ -433,16 +428,9 @@ def main() -> int:
         except (PipelineError, OSError) as exc:
             raise BenchError(str(exc)) from exc
         report(figs, args.rounds, args.segments, args.raw_limit)
-        print(f"bench wall time {time.perf_counter() - started:.0f}s")
+        print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"export_scan: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("export_scan: interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run(main, __file__))

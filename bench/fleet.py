@@ -19,23 +19,19 @@ import contextlib
 import json
 import os
 import resource
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
-try:
+from harness import BenchError, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     import psutil
 
     from cloud.aws import Endpoint
     from cloud.local.ports import free_port
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"fleet: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
 PY = sys.executable
 TABLE = "SensorData"
@@ -61,14 +57,6 @@ agents = [
 ]
 cli.run_agents(agents)
 """
-
-
-class BenchError(Exception):
-    pass
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 @dataclass
@@ -100,6 +88,13 @@ def cloud(root: Path, *args: str) -> str:
     if done.returncode != 0:
         raise BenchError(f"cloud {' '.join(args)}: {done.stderr.strip() or done.stdout}")
     return done.stdout
+
+
+def local_down(root: Path) -> None:
+    """`cloud local down`, at the end whatever happened; a stack that is already down, or
+    never came up, is no error here."""
+    with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
+        cloud(root, "local", "down")
 
 
 def part_pids(root: Path) -> dict[str, int]:
@@ -281,10 +276,10 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.count <= STEADY_FROM_SEQ:
         parser.error(f"--count must be above {STEADY_FROM_SEQ}, the seq lag is counted from")
-    signal.signal(signal.SIGTERM, _terminate)
-    root = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     runs: list[Run] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        root = temp_folder(stack, "bench-fleet-")
+        stack.callback(local_down, root)
         mqtt_port, table_port = free_port(), free_port()
         cloud(root, "local", "up", "--mqtt-port", str(mqtt_port), "--table-port", str(table_port))
         url = f"http://127.0.0.1:{table_port}"
@@ -301,18 +296,8 @@ def main() -> int:
         print(f"\n{args.count} readings per device at 1 Hz, through `cloud local up` "
               f"(lag from seq {STEADY_FROM_SEQ} on; {os.cpu_count()} CPUs)\n")  # fmt: skip
         report(runs)
-        return 0
-    except BenchError as exc:
-        print(f"fleet: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fleet: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
-            cloud(root, "local", "down")
-        shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, __file__))

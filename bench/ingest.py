@@ -46,12 +46,9 @@ import logging
 import multiprocessing
 import os
 import resource
-import shutil
-import signal
 import ssl
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,29 +57,32 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-try:
-    import agent_publish
+from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     import paho.mqtt.client as mqtt
     import psutil
-    import table_load
-    from agent_publish import make_pki, start_broker
+    from broker import HOST, setting_up, start_broker
     from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-    from table_load import Engine, Load, load_raw, percentile, start_dynalite, start_moto
+    from table_load import (
+        Engine,
+        Load,
+        load_raw,
+        percentile,
+        put_batches,
+        start_dynalite,
+        start_moto,
+    )
 
     from cloud.aws import Endpoint
-    from cloud.errors import PipelineError
     from cloud.identity.local_ca import Identity
     from cloud.ingest.rule import to_item
     from cloud.ingest.service import Ingest
-    from cloud.ingest.settings import MAX_BATCH_WRITE_ITEMS as MAX_BATCH
     from cloud.ingest.settings import MAX_WRITERS, IngestSettings, IngestStats
     from cloud.ingest.writer import table_client
     from cloud.table import create_table
     from device.payload import Reading
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"ingest: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
-HOST = "127.0.0.1"
 DEVICES = 10
 DEVICE_PREFIX = "bench-dev-"
 OURS_TABLE, RAW_TABLE, PUT_TABLE = "BenchOurs", "BenchRaw", "BenchPut"
@@ -97,18 +97,6 @@ GOAL_PUT = 5.0
 GOAL_P99_MS = 250.0
 #: The ingest settings' own default, so the bench follows a change of it.
 WRITERS = next(int(f.default) for f in fields(IngestSettings) if f.name == "writers")  # type: ignore[arg-type]
-
-
-class BenchError(Exception):
-    """The bench cannot produce a figure (setup failed, a run failed or timed out)."""
-
-
-#: What the helpers borrowed from the other benches raise.
-_BENCH_ERRORS = (BenchError, agent_publish.BenchError, table_load.BenchError)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does
 
 
 def device_ids() -> list[str]:
@@ -646,7 +634,7 @@ def measure(
         ctx.runs += 1
         run_ours(ctx, ingest, worker, writer, warm)
         warm_items = [to_item(t, p) for r in warm for t, p in r]
-        load_raw(endpoint, RAW_TABLE, _requests(warm_items), args.writers, threading.Event())
+        load_raw(endpoint, RAW_TABLE, put_batches(warm_items), args.writers, threading.Event())
         load_put(endpoint, PUT_TABLE, warm_items[:200], args.writers)
 
         figures = Figures(name)
@@ -670,7 +658,9 @@ def measure(
                 if side == "ours":
                     got[side] = run_ours(ctx, ingest, worker, writer, readings)
                 elif side == "raw":
-                    got[side] = load_raw(endpoint, RAW_TABLE, _requests(items), args.writers, abort)
+                    got[side] = load_raw(
+                        endpoint, RAW_TABLE, put_batches(items), args.writers, abort
+                    )
                 else:
                     got[side] = load_put(endpoint, PUT_TABLE, items[: args.put_items], args.writers)
                 cpu[side] = meter.done(got["ours"].publisher_cpu if side == "ours" else 0.0)
@@ -739,11 +729,6 @@ def cpu_line(r: Round, items: int) -> str:
         )
 
     return "CPU: " + "; ".join(busy(side) for side in ("ours", "raw"))
-
-
-def _requests(items: Sequence[dict[str, Any]]) -> table_load.Requests:
-    puts = [{"PutRequest": {"Item": item}} for item in items]
-    return [puts[i : i + MAX_BATCH] for i in range(0, len(puts), MAX_BATCH)]
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -869,13 +854,11 @@ def main() -> int:
         parser.error("--rounds, --rate, --seconds and --writers: positive")
     if args.writers > MAX_WRITERS:
         parser.error(f"--writers: at most {MAX_WRITERS}")
-    signal.signal(signal.SIGTERM, _terminate)
     # This machine's clock is not NTP-synchronised; nothing here waits for it.
     os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        root = temp_folder(stack, "bench-ingest-")
         started = time.perf_counter()
         print(
             f"ingest: {args.readings:,} readings a round, {args.rounds} round(s), latency at "
@@ -883,12 +866,10 @@ def main() -> int:
             flush=True,
         )
         figs: list[Figures] = []
-        try:
-            ca, server, _, _ = make_pki(root)
-            port = start_broker(root, ca, server, stack)
-            devices = [ca.issue(i, root / "devices" / i) for i in device_ids()]
-            reader = ca.issue("ingest", root / "devices" / "ingest")
-            ctx = Context(root, port, devices, reader)
+        with setting_up():
+            broker = start_broker(root, stack)
+            devices = [broker.identity(i) for i in device_ids()]
+            ctx = Context(root, broker.port, devices, broker.identity("ingest"))
             for name in ("dynalite", "moto"):
                 if args.engine not in (name, "both"):
                     continue
@@ -896,19 +877,10 @@ def main() -> int:
                     start = start_dynalite if name == "dynalite" else start_moto
                     engine = start(root, engine_stack)
                     figs.append(measure(ctx, engine, args, engine_stack))
-        except (PipelineError, OSError) as exc:
-            raise BenchError(f"setup failed: {exc}") from exc
         report(figs, args)
-        print(f"bench wall time {time.perf_counter() - started:.0f}s")
+        print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except _BENCH_ERRORS as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("ingest: interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run(main, __file__))

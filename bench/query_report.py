@@ -46,23 +46,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import random
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-try:
+from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -77,8 +74,6 @@ try:
     from cloud.table import number
     from device.payload import Reading
     from device.sensors.simulated import SimulatedSensor
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"query_report: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
 FIRST_TS_MS = 1_740_787_200_000  # 2025-03-01T00:00:00Z
 INTERVAL_MS = 10_000  # one reading every 10 s per sensor, plus 0-499 ms of jitter
@@ -94,14 +89,6 @@ TO_ITEM_SAMPLE = 500
 #: json: the datapipeline export; parquet: the parquet export; zoned: the same Parquet files
 #: with `time` and `received_at` as timestamp[ms, tz=UTC], as exports wrote them before.
 LAYOUTS = ("json", "parquet", "zoned")
-
-
-class BenchError(Exception):
-    """The bench cannot produce a figure (setup failed, or a run failed or gave wrong rows)."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does
 
 
 # -- the readings --------------------------------------------------------------------------
@@ -380,11 +367,9 @@ def main() -> int:
         )
     if args.rounds < 1 or args.cli_runs < 0:
         parser.error("--rounds: at least 1; --cli-runs: 0 or more")
-    signal.signal(signal.SIGTERM, _terminate)
 
     with contextlib.ExitStack() as stack:
-        top = Path(tempfile.mkdtemp(prefix="bench-query-report-"))
-        stack.callback(shutil.rmtree, top, ignore_errors=True)
+        top = temp_folder(stack, "bench-query-report-")
         started = time.perf_counter()
         ids = sensor_ids(args.sensors)
         days = per_sensor * INTERVAL_MS / DAY_MS
@@ -515,17 +500,9 @@ def main() -> int:
         ratio = summary_j / summary_p
         verdict = "MET" if ratio >= GOAL_RATIO else "NOT MET"
         print(f"GOAL summary JSON/Parquet >= {GOAL_RATIO:.0f}x {at}: {ratio:.1f}x, {verdict}")
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"bench wall time {time.perf_counter() - started:.0f}s; load average now {load}")
+        print_wall_time(started, load=True)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"query_report: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("query_report: interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run(main, __file__))

@@ -23,29 +23,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from harness import BenchError, run, temp_folder, venv_imports
+
 # This machine runs no NTP: agents would hold their readings for --clock-wait (120 s).
 os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 
-try:
-    from agent_publish import BenchError, make_pki, pick_port, start_broker
+with venv_imports(__file__):
+    from agent_child import find_agent_exe
+    from broker import HOST, pick_port, setting_up, start_broker
 
     from cloud.aws import Endpoint
-    from cloud.errors import PipelineError
     from cloud.ingest.service import Ingest
     from cloud.ingest.settings import IngestSettings
     from cloud.local.moto import MotoServer
     from cloud.table import create_table
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"receipts: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
 DEVICES = 5
 TABLE = "SensorData"
@@ -55,7 +53,7 @@ def run_fleet(root: Path, prefix: str, readings: int, receipts: bool, ingest: In
     """Seconds from spawn until the fleet's last reading is in the table."""
     target = ingest.stats.written + DEVICES * readings
     argv = [
-        str(Path(sys.executable).parent / "device-agent"),
+        str(find_agent_exe()),
         "simulate",
         "--devices",
         str(DEVICES),
@@ -66,7 +64,7 @@ def run_fleet(root: Path, prefix: str, readings: int, receipts: bool, ingest: In
         "--interval",
         "0",
         "--broker",
-        f"mqtts://127.0.0.1:{ingest.settings.port}",
+        f"mqtts://{HOST}:{ingest.settings.port}",
         "--certs-dir",
         str(root / "devices"),
         "--outbox-dir",
@@ -95,11 +93,9 @@ def main() -> int:
     if args.quick:
         args.readings, args.rounds = 500, 2
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bench-receipts-"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
-        try:
-            ca, server, _, _ = make_pki(root)
-            port = start_broker(root, ca, server, stack)
+        root = temp_folder(stack, "bench-receipts-")
+        with setting_up():
+            broker = start_broker(root, stack)
             moto = MotoServer(pick_port(), root / "moto.log")
             stack.callback(moto.stop)
             moto.start()
@@ -108,14 +104,12 @@ def main() -> int:
             # Two fleets a round, each with ids of its own (`simulate` names them PREFIXn).
             prefixes = [f"r{run}-" for run in range(2 * args.rounds)]
             for name in [f"{p}{n}" for p in prefixes for n in range(1, DEVICES + 1)]:
-                ca.issue(name, root / "devices" / name)
-            ingest_identity = ca.issue("ingest", root / "devices" / "ingest")
-        except (PipelineError, OSError) as exc:
-            raise BenchError(f"setup failed: {exc}") from exc
+                broker.identity(name)
+            ingest_identity = broker.identity("ingest")
         ingest = Ingest(
             IngestSettings(
-                host="127.0.0.1",
-                port=port,
+                host=HOST,
+                port=broker.port,
                 tls=ingest_identity,
                 endpoint=endpoint,
                 table=TABLE,
@@ -161,10 +155,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"receipts: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(run(main, __file__))

@@ -49,21 +49,19 @@ import argparse
 import contextlib
 import os
 import random
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-try:
+from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+
+with venv_imports(__file__):
     import paho.mqtt.client as mqtt
     import psutil
 
@@ -80,8 +78,6 @@ try:
     from cloud.table import Row, create_table, query_readings
     from device.payload import Reading
     from device.sensors.simulated import SimulatedSensor
-except ImportError as _exc:  # run by a Python without the project: say which one to use
-    sys.exit(f"table_load: error: {_exc}; run it as .venv/bin/python {__file__} (make setup)")
 
 HOST = "127.0.0.1"
 SENSORS = 10
@@ -101,14 +97,6 @@ UNUSED_PORT = 1
 
 Message = tuple[str, bytes]  # (topic, payload), as the broker delivers it
 Requests = list[list[dict[str, Any]]]  # BatchWriteItem request lists of 25 puts
-
-
-class BenchError(Exception):
-    """The bench cannot produce a figure (setup failed, a run failed or timed out)."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does
 
 
 # -- the readings --------------------------------------------------------------------------
@@ -133,8 +121,13 @@ def make_readings(prefix: str, per_sensor: int) -> list[Message]:
 
 def raw_requests(messages: Sequence[Message]) -> Requests:
     """The same readings as prebuilt BatchWriteItem put lists (items by our mapping)."""
-    items = [{"PutRequest": {"Item": to_item(topic, payload)}} for topic, payload in messages]
-    return [items[i : i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
+    return put_batches([to_item(topic, payload) for topic, payload in messages])
+
+
+def put_batches(items: Sequence[dict[str, Any]]) -> Requests:
+    """Items as BatchWriteItem put lists of 25, in their order."""
+    puts = [{"PutRequest": {"Item": item}} for item in items]
+    return [puts[i : i + MAX_BATCH] for i in range(0, len(puts), MAX_BATCH)]
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -712,12 +705,10 @@ def main() -> int:
         parser.error("--moto-items: at most --items (moto loads the first of the same readings)")
     if min(args.rounds, args.queries, args.moto_queries, args.threads) < 1 or args.cli_runs < 0:
         parser.error("--rounds, --queries, --moto-queries and --threads: at least 1")
-    signal.signal(signal.SIGTERM, _terminate)
 
     abort = threading.Event()
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bench-table-load-"))
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        root = temp_folder(stack, "bench-table-load-")
         stack.callback(abort.set)  # runs first: writer threads stop before the engines
         print(
             f"table_load: {args.threads} writer thread(s) a side; dynalite {args.items:,} items, "
@@ -753,16 +744,9 @@ def main() -> int:
         except (PipelineError, OSError) as exc:
             raise BenchError(str(exc)) from exc
         report(figs, args.threads, args.rounds)
-        print(f"bench wall time {time.perf_counter() - started:.0f}s")
+        print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"table_load: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("table_load: interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run(main, __file__))
