@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BenchError, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     from agent_child import AGENT_ID, PeakRss, agent_argv
     from broker import setting_up, start_broker, start_subscriber
 
@@ -129,7 +130,7 @@ def imported_modules(install: Install, argv: list[str], cwd: Path) -> list[str]:
 
 def measure(rounds: int) -> None:
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-agent-footprint-")
+        root = harness.temp_folder(stack, "bench-agent-footprint-")
         with setting_up():
             broker = start_broker(root, stack)
             agent = broker.identity(AGENT_ID)
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

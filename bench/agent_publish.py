@@ -31,9 +31,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import BenchError, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     import paho.mqtt.client as mqtt
     from agent_child import AGENT_ID, PeakRss, agent_argv, exit_description, find_agent_exe
     from broker import HOST, setting_up, start_broker, start_subscriber
@@ -102,7 +103,7 @@ def deadline_for(n: int) -> float:
 
 
 def set_up(stack: contextlib.ExitStack) -> Setup:
-    root = temp_folder(stack, "bench-agent-publish-")
+    root = harness.temp_folder(stack, "bench-agent-publish-")
     (root / "outbox").mkdir()
     with setting_up():
         broker = start_broker(root, stack)
@@ -414,8 +415,8 @@ def print_summary(rounds: list[Round], n: int, settings: str, crashes: list[str]
     print(f"\nmedians of {len(rounds)} rounds")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(f"GOAL ratio>={GOAL_RATIO}: {'MET' if ratio >= GOAL_RATIO else 'NOT MET'}")
-    print(f"GOAL rss<={GOAL_RSS_MIB:g}MiB: {'MET' if rss <= GOAL_RSS_MIB else 'NOT MET'}")
+    harness.print_goal(f"ratio>={GOAL_RATIO}", None, ratio >= GOAL_RATIO)
+    harness.print_goal(f"rss<={GOAL_RSS_MIB:g}MiB", None, rss <= GOAL_RSS_MIB)
 
 
 def measure(n: int, rounds: int) -> None:
@@ -454,4 +455,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__, "interrupted; broker stopped, temporary folder removed"))
+    sys.exit(harness.run(main, __file__, "interrupted; broker stopped, temporary folder removed"))

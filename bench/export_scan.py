@@ -52,9 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     from table_load import (
         SENSORS,
         Engine,
@@ -247,23 +248,22 @@ class Figures:
         return statistics.median(pick(r) for r in self.rounds)
 
 
-def load(engine: Engine, first: int, count: int, abort: threading.Event) -> float:
+def load(engine: Engine, first: int, count: int) -> float:
     """Readings `first`..`first+count` (10 sensors) into TABLE by raw BatchWriteItem: s."""
     per_sensor, offset = count // SENSORS, first // SENSORS
     readings = make_readings("sensor-", offset + per_sensor)[offset * SENSORS :]
-    loaded = load_raw(engine.endpoint, TABLE, raw_requests(readings), LOAD_THREADS, abort)
+    loaded = load_raw(engine.endpoint, TABLE, raw_requests(readings), LOAD_THREADS)
     return loaded.seconds
 
 
 def measure(
-    engine: Engine, items: int, rounds: int, segments: int, limit: int, root: Path,
-    abort: threading.Event,
-) -> Figures:  # fmt: skip
+    engine: Engine, items: int, rounds: int, segments: int, limit: int, root: Path
+) -> Figures:
     name = engine.name
     create_table(engine.endpoint.client("dynamodb"), TABLE)
     figures = Figures(name, items)
     half = items // 2
-    seconds = load(engine, 0, half, abort)
+    seconds = load(engine, 0, half)
     print(f"== {name}: loaded {half:,} items in {seconds:.1f}s (raw BatchWriteItem)", flush=True)
     for fmt in FORMATS:
         run = run_side(engine, fmt, segments, root)
@@ -274,7 +274,7 @@ def measure(
             f"{run.requests} Scan requests), peak RSS {run.peak_mib:.0f} MiB",
             flush=True,
         )
-    seconds = load(engine, half, items - half, abort)
+    seconds = load(engine, half, items - half)
     print(f"== {name}: loaded {items - half:,} more in {seconds:.1f}s; {items:,} now", flush=True)
     sides = [*FORMATS, "raw", "dump"] + ([f"raw-limit-{limit}"] if limit else [])
     for r in range(rounds):
@@ -355,10 +355,11 @@ def report(figs: Sequence[Figures], rounds: int, segments: int, limit: int) -> N
     for f in figs:
         for fmt in FORMATS:
             got = statistics.median(r[fmt].rate / r["raw"].rate for r in f.rounds)
-            verdict = "MET" if got >= GOAL_RATIO else "NOT MET"
-            print(
-                f"GOAL export >= {GOAL_RATIO} of raw scan, --format {fmt} on {f.engine} at "
-                f"{f.items:,} items: {got:.2f}, {verdict}"
+            harness.print_goal(
+                f"export >= {GOAL_RATIO} of raw scan, --format {fmt} on {f.engine} at "
+                f"{f.items:,} items",
+                f"{got:.2f}",
+                got >= GOAL_RATIO,
             )
 
 
@@ -385,25 +386,18 @@ def main() -> int:
         if args.quick
         else {"items": 200_000, "moto_items": 100_000, "rounds": 3}
     )
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.default_sizes(args, defaults)
     if args.segments is None:
         args.segments = ExportSpec("unused").segments
     unit = 2 * SENSORS * 25  # two halves of whole 25-item batches of the 10 sensors
-    for key in ("items", "moto_items"):
-        n = getattr(args, key)
-        if n <= 0 or n % unit:
-            parser.error(f"--{key.replace('_', '-')} {n}: use a positive multiple of {unit}")
+    harness.require_multiples(parser, args, ("items", "moto_items"), unit)
     if args.rounds < 1 or args.segments < 1 or args.raw_limit < 0:
         parser.error("--rounds and --segments: at least 1; --raw-limit: 0 (none) or more")
     if args.no_moto and args.no_dynalite:
         parser.error("--no-moto with --no-dynalite leaves nothing to measure")
 
-    abort = threading.Event()
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-export-scan-")
-        stack.callback(abort.set)  # runs first: loader threads stop before the engines
+        root = harness.temp_folder(stack, "bench-export-scan-")
         print(
             f"export_scan: dynalite {'skipped' if args.no_dynalite else f'{args.items:,}'}, "
             f"moto {'skipped' if args.no_moto else f'{args.moto_items:,}'} items; "
@@ -417,20 +411,20 @@ def main() -> int:
                 engine = start_dynalite(root, stack)
                 figs.append(
                     measure(engine, args.items, args.rounds, args.segments, args.raw_limit,
-                            root, abort)
+                            root)
                 )  # fmt: skip
             if not args.no_moto:
                 engine = start_moto(root, stack)
                 figs.append(
                     measure(engine, args.moto_items, args.rounds, args.segments,
-                            args.raw_limit, root, abort)
+                            args.raw_limit, root)
                 )  # fmt: skip
         except (PipelineError, OSError) as exc:
             raise BenchError(str(exc)) from exc
         report(figs, args.rounds, args.segments, args.raw_limit)
-        print_wall_time(started)
+        harness.print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

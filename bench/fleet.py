@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BenchError, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     import psutil
 
     from cloud.aws import Endpoint
@@ -249,9 +250,11 @@ def report(runs: list[Run]) -> None:
             and r.lag_p99_s <= LAG_GOAL_S
             and r.rate >= RATE_GOAL * r.devices
         )
-        print(
-            f"GOAL {r.devices} devices at 1 Hz ({RATE_GOAL:.0%} of it kept), every reading in "
-            f"the table exactly once, p99 lag <= {LAG_GOAL_S:g} s: {'MET' if met else 'NOT MET'}"
+        harness.print_goal(
+            f"{r.devices} devices at 1 Hz ({RATE_GOAL:.0%} of it kept), every reading in "
+            f"the table exactly once, p99 lag <= {LAG_GOAL_S:g} s",
+            None,
+            met,
         )
     base = {r.devices: r for r in runs if r.runner == "threads"}
     for r in runs:
@@ -278,7 +281,7 @@ def main() -> int:
         parser.error(f"--count must be above {STEADY_FROM_SEQ}, the seq lag is counted from")
     runs: list[Run] = []
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-fleet-")
+        root = harness.temp_folder(stack, "bench-fleet-")
         stack.callback(local_down, root)
         mqtt_port, table_port = free_port(), free_port()
         cloud(root, "local", "up", "--mqtt-port", str(mqtt_port), "--table-port", str(table_port))
@@ -300,4 +303,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

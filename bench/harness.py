@@ -10,11 +10,15 @@ here: `venv_imports` must work in a Python that lacks the project, to say which 
   engines and children and removes its folder), BenchError is "NAME: error: ..." and exit 1,
   an interrupt is "NAME: interrupted" and exit 130;
 - `temp_folder(stack, prefix)`: the run's temporary folder, removed when the stack closes;
+- `default_sizes`, `require_multiples`: the sizes a bench's options leave unset, from its
+  `--quick` or its full run, and the check that they fill whole batches;
+- `print_goal(what, got, met)`: a "GOAL ...: MET" or "NOT MET" line;
 - `print_wall_time(started)`: the last line, "bench wall time Ns".
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -22,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -80,3 +84,26 @@ def print_wall_time(started: float, load: bool = False) -> None:
     if load:
         line += "; load average now " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(line)
+
+
+def default_sizes(args: argparse.Namespace, sizes: Mapping[str, object]) -> None:
+    """Every option of `sizes` the command line left unset (None) takes its value there."""
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def require_multiples(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, keys: Iterable[str], unit: int
+) -> None:
+    """Each of these options must be a positive multiple of `unit` (whole batches)."""
+    for key in keys:
+        n = getattr(args, key)
+        if n <= 0 or n % unit:
+            parser.error(f"--{key.replace('_', '-')} {n}: use a positive multiple of {unit}")
+
+
+def print_goal(what: str, got: str | None, met: bool) -> None:
+    """`GOAL what: got, MET` (or `NOT MET`); without `got`, `GOAL what: MET`."""
+    verdict = "MET" if met else "NOT MET"
+    print(f"GOAL {what}: {verdict}" if got is None else f"GOAL {what}: {got}, {verdict}")

@@ -57,9 +57,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     import paho.mqtt.client as mqtt
     import psutil
     from broker import HOST, setting_up, start_broker
@@ -634,7 +635,7 @@ def measure(
         ctx.runs += 1
         run_ours(ctx, ingest, worker, writer, warm)
         warm_items = [to_item(t, p) for r in warm for t, p in r]
-        load_raw(endpoint, RAW_TABLE, put_batches(warm_items), args.writers, threading.Event())
+        load_raw(endpoint, RAW_TABLE, put_batches(warm_items), args.writers)
         load_put(endpoint, PUT_TABLE, warm_items[:200], args.writers)
 
         figures = Figures(name)
@@ -651,16 +652,13 @@ def measure(
             items = [to_item(t, p) for group in zip(*readings, strict=True) for t, p in group]
             sides = ("ours", "raw", "put") if r % 2 == 0 else ("put", "raw", "ours")
             got: dict[str, Any] = {}
-            abort = threading.Event()
             cpu: dict[str, dict[str, float]] = {}
             for side in sides:
                 meter = CpuMeter(engine.pid)
                 if side == "ours":
                     got[side] = run_ours(ctx, ingest, worker, writer, readings)
                 elif side == "raw":
-                    got[side] = load_raw(
-                        endpoint, RAW_TABLE, put_batches(items), args.writers, abort
-                    )
+                    got[side] = load_raw(endpoint, RAW_TABLE, put_batches(items), args.writers)
                 else:
                     got[side] = load_put(endpoint, PUT_TABLE, items[: args.put_items], args.writers)
                 cpu[side] = meter.done(got["ours"].publisher_cpu if side == "ours" else 0.0)
@@ -744,6 +742,10 @@ def report(figs: list[Figures], args: argparse.Namespace) -> None:
     def lat(f: Figures, pct: int) -> float:
         return statistics.median(percentile(x.samples, pct) for x in f.latencies)
 
+    def median(pick: Callable[[Round], float], spec: str) -> list[str]:
+        """Per engine, the median of the rounds' `pick`, formatted by `spec`."""
+        return each(lambda f: format(f.median(pick), spec))
+
     print(
         f"\n== summary: medians of {args.rounds} round(s); {args.writers} writer(s) in ingest, "
         f"as many threads a baseline"
@@ -751,26 +753,14 @@ def report(figs: list[Figures], args: argparse.Namespace) -> None:
     row("", each(lambda f: f.engine))
     row(
         f"ours: {args.readings:,} readings over MQTT, items/s",
-        each(lambda f: f"{f.median(lambda r: r.ours.rate):,.0f}"),
+        median(lambda r: r.ours.rate, ",.0f"),
     )
-    row(
-        "  BatchWriteItem calls in flight, mean",
-        each(lambda f: f"{f.median(lambda r: r.ours.in_flight):.2f}"),
-    )
-    row("raw BatchWriteItem, items/s", each(lambda f: f"{f.median(lambda r: r.raw.rate):,.0f}"))
-    row(
-        f"PutItem per item ({args.put_items:,}), items/s",
-        each(lambda f: f"{f.median(lambda r: r.put.rate):,.0f}"),
-    )
-    row(
-        "ratio ours/raw (median of rounds)",
-        each(lambda f: f"{f.median(lambda r: r.ours.rate / r.raw.rate):.2f}"),
-    )
+    row("  BatchWriteItem calls in flight, mean", median(lambda r: r.ours.in_flight, ".2f"))
+    row("raw BatchWriteItem, items/s", median(lambda r: r.raw.rate, ",.0f"))
+    row(f"PutItem per item ({args.put_items:,}), items/s", median(lambda r: r.put.rate, ",.0f"))
+    row("ratio ours/raw (median of rounds)", median(lambda r: r.ours.rate / r.raw.rate, ".2f"))
     row("  by round", each(lambda f: " ".join(f"{r.ours.rate / r.raw.rate:.2f}" for r in f.rounds)))
-    row(
-        "ratio ours/PutItem (median of rounds)",
-        each(lambda f: f"{f.median(lambda r: r.ours.rate / r.put.rate):.1f}"),
-    )
+    row("ratio ours/PutItem (median of rounds)", median(lambda r: r.ours.rate / r.put.rate, ".1f"))
     row(
         f"latency at {args.rate:g}/s for {args.seconds:g}s: p50 ms",
         each(lambda f: f"{lat(f, 50):.0f}"),
@@ -783,17 +773,12 @@ def report(figs: list[Figures], args: argparse.Namespace) -> None:
     row("  max ms", each(lambda f: f"{max(max(x.samples) for x in f.latencies):.0f}"))
     row(
         "CPU-s per 1,000 items, ours (all parts)",
-        each(lambda f: f"{f.median(lambda r: r.cpu_per_k('ours', args.readings)):.2f}"),
+        median(lambda r: r.cpu_per_k("ours", args.readings), ".2f"),
     )
-    row(
-        "CPU-s per 1,000 items, raw",
-        each(lambda f: f"{f.median(lambda r: r.cpu_per_k('raw', args.readings)):.2f}"),
-    )
+    row("CPU-s per 1,000 items, raw", median(lambda r: r.cpu_per_k("raw", args.readings), ".2f"))
     row(
         "machine busy during ours, cores",
-        each(
-            lambda f: f"{f.median(lambda r: r.cpu['ours']['machine'] / r.cpu['ours']['wall']):.2f}"
-        ),
+        median(lambda r: r.cpu["ours"]["machine"] / r.cpu["ours"]["wall"], ".2f"),
     )
     row(
         "ingest: batches, retries, duplicates",
@@ -807,17 +792,18 @@ def report(figs: list[Figures], args: argparse.Namespace) -> None:
         ratio = f.median(lambda r: r.ours.rate / r.raw.rate)
         put = f.median(lambda r: r.ours.rate / r.put.rate)
         p99 = lat(f, 99)
-        print(
-            f"GOAL ours/raw BatchWriteItem >= {GOAL_RAW} on {f.engine}: {ratio:.2f}, "
-            f"{'MET' if ratio >= GOAL_RAW else 'NOT MET'}"
+        harness.print_goal(
+            f"ours/raw BatchWriteItem >= {GOAL_RAW} on {f.engine}",
+            f"{ratio:.2f}",
+            ratio >= GOAL_RAW,
         )
-        print(
-            f"GOAL ours/PutItem >= {GOAL_PUT:g}x on {f.engine}: {put:.1f}x, "
-            f"{'MET' if put >= GOAL_PUT else 'NOT MET'}"
+        harness.print_goal(
+            f"ours/PutItem >= {GOAL_PUT:g}x on {f.engine}", f"{put:.1f}x", put >= GOAL_PUT
         )
-        print(
-            f"GOAL publish -> row p99 <= {GOAL_P99_MS:.0f} ms at {args.rate:g}/s on {f.engine}: "
-            f"{p99:.0f} ms, {'MET' if p99 <= GOAL_P99_MS else 'NOT MET'}"
+        harness.print_goal(
+            f"publish -> row p99 <= {GOAL_P99_MS:.0f} ms at {args.rate:g}/s on {f.engine}",
+            f"{p99:.0f} ms",
+            p99 <= GOAL_P99_MS,
         )
 
 
@@ -843,9 +829,7 @@ def main() -> int:
         if args.quick
         else {"readings": 20_000, "put_items": 5_000, "rounds": 3, "rate": 500.0, "seconds": 20.0}
     )
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.default_sizes(args, sizes)
     if args.readings <= 0 or args.readings % DEVICES:
         parser.error(f"--readings {args.readings}: a positive multiple of {DEVICES}")
     if not 0 < args.put_items <= args.readings:
@@ -858,7 +842,7 @@ def main() -> int:
     os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-ingest-")
+        root = harness.temp_folder(stack, "bench-ingest-")
         started = time.perf_counter()
         print(
             f"ingest: {args.readings:,} readings a round, {args.rounds} round(s), latency at "
@@ -878,9 +862,9 @@ def main() -> int:
                     engine = start(root, engine_stack)
                     figs.append(measure(ctx, engine, args, engine_stack))
         report(figs, args)
-        print_wall_time(started)
+        harness.print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

@@ -57,9 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -354,9 +355,7 @@ def main() -> int:
         if args.quick
         else {"readings": GOAL_READINGS, "sensors": 100, "rounds": 5, "cli_runs": 1}
     )
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.default_sizes(args, defaults)
     if args.sensors < 1 or args.readings < args.sensors or args.readings % args.sensors:
         parser.error("--readings: a positive multiple of --sensors")
     per_sensor = args.readings // args.sensors
@@ -369,7 +368,7 @@ def main() -> int:
         parser.error("--rounds: at least 1; --cli-runs: 0 or more")
 
     with contextlib.ExitStack() as stack:
-        top = temp_folder(stack, "bench-query-report-")
+        top = harness.temp_folder(stack, "bench-query-report-")
         started = time.perf_counter()
         ids = sensor_ids(args.sensors)
         days = per_sensor * INTERVAL_MS / DAY_MS
@@ -495,14 +494,18 @@ def main() -> int:
         at = f"at {args.readings:,} readings" + (
             "" if args.readings == GOAL_READINGS else f" (the goal is set at {GOAL_READINGS:,})"
         )
-        verdict = "MET" if summary_p <= GOAL_PARQUET_S else "NOT MET"
-        print(f"GOAL summary on Parquet <= {GOAL_PARQUET_S} s {at}: {summary_p:.3f} s, {verdict}")
+        harness.print_goal(
+            f"summary on Parquet <= {GOAL_PARQUET_S} s {at}",
+            f"{summary_p:.3f} s",
+            summary_p <= GOAL_PARQUET_S,
+        )
         ratio = summary_j / summary_p
-        verdict = "MET" if ratio >= GOAL_RATIO else "NOT MET"
-        print(f"GOAL summary JSON/Parquet >= {GOAL_RATIO:.0f}x {at}: {ratio:.1f}x, {verdict}")
-        print_wall_time(started, load=True)
+        harness.print_goal(
+            f"summary JSON/Parquet >= {GOAL_RATIO:.0f}x {at}", f"{ratio:.1f}x", ratio >= GOAL_RATIO
+        )
+        harness.print_wall_time(started, load=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

@@ -30,12 +30,13 @@ import threading
 import time
 from pathlib import Path
 
-from harness import BenchError, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
 # This machine runs no NTP: agents would hold their readings for --clock-wait (120 s).
 os.environ.setdefault("DEVICE_AGENT_CLOCK_WAIT", "0")
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     from agent_child import find_agent_exe
     from broker import HOST, pick_port, setting_up, start_broker
 
@@ -93,7 +94,7 @@ def main() -> int:
     if args.quick:
         args.readings, args.rounds = 500, 2
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-receipts-")
+        root = harness.temp_folder(stack, "bench-receipts-")
         with setting_up():
             broker = start_broker(root, stack)
             moto = MotoServer(pick_port(), root / "moto.log")
@@ -155,4 +156,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))

@@ -59,9 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, print_wall_time, run, temp_folder, venv_imports
+import harness
+from harness import BenchError
 
-with venv_imports(__file__):
+with harness.venv_imports(__file__):
     import paho.mqtt.client as mqtt
     import psutil
 
@@ -297,10 +298,9 @@ def load_ours(
     )
 
 
-def load_raw(
-    endpoint: Endpoint, table: str, requests: Requests, threads: int, abort: threading.Event
-) -> Load:
+def load_raw(endpoint: Endpoint, table: str, requests: Requests, threads: int) -> Load:
     """Prebuilt put lists into `table`, plain boto3, `threads` threads of one client each."""
+    stop = threading.Event()
     clients = [endpoint.client("dynamodb") for _ in range(threads)]
     parts = [requests[k::threads] for k in range(threads)]
     tallies = [[0, 0, 0] for _ in range(threads)]  # calls, unprocessed, boto3 retries
@@ -312,7 +312,7 @@ def load_raw(
             for puts in parts[k]:
                 pending = puts
                 while pending:
-                    if abort.is_set():
+                    if stop.is_set():
                         return
                     answer = client.batch_write_item(RequestItems={table: pending})
                     pending = answer.get("UnprocessedItems", {}).get(table, [])
@@ -331,12 +331,15 @@ def load_raw(
     started = time.perf_counter()
     for worker in workers:
         worker.start()
-    for worker in workers:
-        while worker.is_alive():
-            worker.join(0.1)
-            if time.perf_counter() - started > limit:
-                raise BenchError(f"raw load into {table} stuck after {limit:.0f}s")
-    seconds = time.perf_counter() - started
+    try:
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(0.1)
+                if time.perf_counter() - started > limit:
+                    raise BenchError(f"raw load into {table} stuck after {limit:.0f}s")
+        seconds = time.perf_counter() - started
+    finally:
+        stop.set()  # a load that failed or was interrupted: its threads stop at their next call
     if errors:
         raise BenchError(f"raw batch_write_item into {table} failed: {errors[0]!r}")
     return Load(
@@ -524,7 +527,6 @@ def measure(
     cli_runs: int,
     threads: int,
     root: Path,
-    abort: threading.Event,
 ) -> Figures:
     name, endpoint = engine.name, engine.endpoint
     ddb = endpoint.client("dynamodb")
@@ -534,7 +536,7 @@ def measure(
     # the engine's first allocations) would otherwise land on whichever goes first.
     warm = make_readings("warmup-sensor-", WARMUP_ITEMS // SENSORS)
     load_ours(endpoint, WARMUP_TABLE, warm, threads, root)
-    load_raw(endpoint, WARMUP_TABLE, raw_requests(make_readings("warmup2-", 250)), threads, abort)
+    load_raw(endpoint, WARMUP_TABLE, raw_requests(make_readings("warmup2-", 250)), threads)
 
     figures = Figures(name, sample=sample)
     print(f"\n== {name}: ours against raw, {sample:,} items a side a round", flush=True)
@@ -546,7 +548,7 @@ def measure(
             if side == "ours":
                 loads[side] = load_ours(endpoint, OURS_TABLE, messages, threads, root)
             else:
-                loads[side] = load_raw(endpoint, RAW_TABLE, requests, threads, abort)
+                loads[side] = load_raw(endpoint, RAW_TABLE, requests, threads)
         ours, raw = loads["ours"], loads["raw"]
         figures.rounds.append((ours, raw))
         notes = "; ".join(
@@ -647,10 +649,11 @@ def report(figs: list[Figures], threads: int, rounds: int) -> None:
     for f in figs:
         if f.engine == "dynalite":
             p99 = percentile(f.queries, 99)
-            verdict = "MET" if p99 <= GOAL_P99_MS else "NOT MET"
-            print(
-                f"GOAL p99 <= {GOAL_P99_MS:.0f} ms for `readings --limit {QUERY_LIMIT}` at "
-                f"{f.items:,} items on dynalite (in process): {p99:.1f} ms, {verdict}"
+            harness.print_goal(
+                f"p99 <= {GOAL_P99_MS:.0f} ms for `readings --limit {QUERY_LIMIT}` at "
+                f"{f.items:,} items on dynalite (in process)",
+                f"{p99:.1f} ms",
+                p99 <= GOAL_P99_MS,
             )
 
 
@@ -693,23 +696,16 @@ def main() -> int:
         "moto_queries": 20,
         "cli_runs": 3,
     }
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.default_sizes(args, quick if args.quick else full)
     unit = SENSORS * MAX_BATCH * args.threads  # whole batches for every instance
-    for key in ("items", "sample", "moto_items", "moto_sample"):
-        n = getattr(args, key)
-        if n <= 0 or n % unit:
-            parser.error(f"--{key.replace('_', '-')} {n}: use a positive multiple of {unit}")
+    harness.require_multiples(parser, args, ("items", "sample", "moto_items", "moto_sample"), unit)
     if args.moto_items > args.items:
         parser.error("--moto-items: at most --items (moto loads the first of the same readings)")
     if min(args.rounds, args.queries, args.moto_queries, args.threads) < 1 or args.cli_runs < 0:
         parser.error("--rounds, --queries, --moto-queries and --threads: at least 1")
 
-    abort = threading.Event()
     with contextlib.ExitStack() as stack:
-        root = temp_folder(stack, "bench-table-load-")
-        stack.callback(abort.set)  # runs first: writer threads stop before the engines
+        root = harness.temp_folder(stack, "bench-table-load-")
         print(
             f"table_load: {args.threads} writer thread(s) a side; dynalite {args.items:,} items, "
             f"moto {'skipped' if args.no_moto else f'{args.moto_items:,} items'}; "
@@ -730,7 +726,7 @@ def main() -> int:
             figs.append(
                 measure(
                     engine, readings, args.sample, args.rounds, args.queries, args.cli_runs,
-                    args.threads, root, abort,
+                    args.threads, root,
                 )
             )  # fmt: skip
             if not args.no_moto:
@@ -738,15 +734,15 @@ def main() -> int:
                 figs.append(
                     measure(
                         engine, readings[: args.moto_items], args.moto_sample, args.rounds,
-                        args.moto_queries, 0, args.threads, root, abort,
+                        args.moto_queries, 0, args.threads, root,
                     )
                 )  # fmt: skip
         except (PipelineError, OSError) as exc:
             raise BenchError(str(exc)) from exc
         report(figs, args.threads, args.rounds)
-        print_wall_time(started)
+        harness.print_wall_time(started)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, __file__))
+    sys.exit(harness.run(main, __file__))
