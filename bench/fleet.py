@@ -161,7 +161,7 @@ def simulate(
 
 
 def _hwm(pid: int) -> int:
-    """A process's peak RSS (VmHWM), as agent_publish.PeakRss reads it; 0 once it is gone."""
+    """A process's peak RSS (VmHWM), as agent_child.PeakRss reads it; 0 once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_bytes().splitlines():
             if line.startswith(b"VmHWM:"):
