@@ -10,7 +10,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud import target as targets
-from cloud.errors import PipelineError
+from cloud.errors import PipelineError, aws_code, aws_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,5 @@ def aws_error_line(exc: BotoCoreError | ClientError) -> str:
         if problem is not None:
             return problem
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"AWS refused the call: {error.get('Code', '?')}: {error.get('Message', exc)}"
+        return f"AWS refused the call: {aws_code(exc) or '?'}: {aws_message(exc)}"
     return f"AWS call failed: {exc}"
