@@ -412,7 +412,7 @@ def time_cli(url: str, table: str, per_sensor: int, runs: int, cwd: Path) -> Cli
     prefix = [sys.executable, "-m", "cloud"]
     argv = [*prefix, "readings", "--id", CLI_SENSOR, "--limit", str(QUERY_LIMIT)]
     argv += ["--target", "aws", "--endpoint-url", url]
-    expected = 1 + min(QUERY_LIMIT, per_sensor)  # a header line, then a line a reading
+    expected = 2 + min(QUERY_LIMIT, per_sensor)  # a header and its rule, then a reading a line
 
     def run(command: list[str]) -> tuple[float, str]:
         started = time.perf_counter()
@@ -430,7 +430,7 @@ def time_cli(url: str, table: str, per_sensor: int, runs: int, cwd: Path) -> Cli
         startup.append(run([*prefix, "--help"])[0])
         wall, out = run(argv)
         lines = out.splitlines()
-        if len(lines) != expected or not lines[1].rstrip().endswith(str(per_sensor - 1)):
+        if len(lines) != expected or not lines[2].rstrip().endswith(str(per_sensor - 1)):
             raise BenchError(f"cloud readings printed {len(lines)} lines, expected {expected}")
         walls.append(wall)
     return Cli(argv, walls, startup)
