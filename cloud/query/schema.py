@@ -100,14 +100,14 @@ def _location(location: ExportRoot | str) -> ExportRoot:
     return location if isinstance(location, ExportRoot) else ExportRoot(location)
 
 
-def data_prefix(table: str) -> str:
+def table_prefix(table: str) -> str:
     """The folder under an export root that holds a table's files (`cloud.export.layout`)."""
     return DATA_PREFIX[TABLE_FORMAT[table]]
 
 
 def table_location(table: str, location: ExportRoot | str) -> str:
     """Where a table's data lives under an export root, with the trailing slash Athena wants."""
-    return _location(location).join(data_prefix(table)) + "/"
+    return _location(location).join(table_prefix(table)) + "/"
 
 
 def data_glob(table: str, location: ExportRoot | str) -> str:

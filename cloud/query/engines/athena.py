@@ -173,7 +173,7 @@ class AthenaEngine:
         self.wait(self.start(statement, in_database=in_database))
 
     def _has_data(self, table: str) -> bool:
-        prefix = f"{self.data.key_prefix}{schema.data_prefix(table)}/"
+        prefix = f"{self.data.key_prefix}{schema.table_prefix(table)}/"
         try:
             # One page (up to 1,000 keys) is enough: a prefix holding only markers is small.
             page = self._s3.list_objects_v2(Bucket=self.data.bucket, Prefix=prefix)
