@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,6 +51,19 @@ def item_count(ddb: Any, name: str) -> int:
         if "LastEvaluatedKey" not in page:
             return total
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
+    """Poll the table's count until it holds `wanted` items (`cloud summary --wait-for`),
+    and say what to look at when they do not come."""
+    deadline = time.monotonic() + timeout
+    while (count := item_count(ddb, table)) < wanted:
+        if time.monotonic() > deadline:
+            raise TableError(
+                f"{table} holds {count} of {wanted} reading(s) after {timeout:g}s; "
+                "is `cloud ingest` running? (`cloud status`, and its log)"
+            )
+        time.sleep(0.5)  # a Select=COUNT scan is not free: poll gently
 
 
 #: (payload name, item attribute) of the metrics a reading may carry: `Row.metrics`' keys.

@@ -22,7 +22,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloud.aws import TABLE_NAME, Endpoint
 from cloud.errors import ConfigError, PipelineError, aws_code
-from cloud.local.stack import StackState, running_state
+from cloud.local.state import StackState, running_state
 
 TARGETS = ("local", "aws")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
-from typing import Any
 
 import click
 
@@ -12,7 +10,7 @@ from cloud import target as targets
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.cli.output import READING_COLUMNS, echo_rows, reading_values
-from cloud.table import item_count, query_readings, summarize
+from cloud.table import query_readings, summarize, wait_for_items
 from cloud.timeparse import parse_time_ms
 
 
@@ -90,15 +88,3 @@ def summary(
     )
     total = sum(s.count for s in stats.values())
     click.echo(f"{len(stats)} sensor(s), {total} reading(s)")
-
-
-def wait_for_items(ddb: Any, table: str, wanted: int, timeout: float) -> None:
-    """--wait-for: poll the table's count, and say what to look at when it does not come."""
-    deadline = time.monotonic() + timeout
-    while (count := item_count(ddb, table)) < wanted:
-        if time.monotonic() > deadline:
-            raise click.ClickException(
-                f"{table} holds {count} of {wanted} reading(s) after {timeout:g}s; "
-                "is `cloud ingest` running? (`cloud status`, and its log)"
-            )
-        time.sleep(0.5)  # a Select=COUNT scan is not free: poll gently

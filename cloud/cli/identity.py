@@ -11,7 +11,8 @@ from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.cli.output import Header
 from cloud.identity.local_ca import certs_dir, refuse_replacing
-from cloud.local import stack
+from cloud.local.identities import device_identity
+from cloud.local.stack import restart_broker
 
 
 @click.command()
@@ -67,7 +68,7 @@ def provision(
     if chosen.name == "local" and replaced:
         click.echo(f"revoked every earlier certificate of {', '.join(replaced)}")
         if chosen.stack is not None:
-            pid = stack.restart_broker(root)
+            pid = restart_broker(root)
             click.echo(f"broker restarted with the new revocation list (pid {pid})")
 
 
@@ -85,7 +86,7 @@ def _provision_one(
             f"attached to thing {device_id} and policy {policy}"
         )
     else:
-        ident = stack.device_identity(root, device_id, force=force)
+        ident = device_identity(root, device_id, force=force)
         header()
         broker = chosen.stack.broker_url if chosen.stack else "mqtts://BROKER:8883"
         # The local stack's ingest confirms each reading it wrote (README, Guarantees).
@@ -121,5 +122,5 @@ def revoke(device_id: str, keep: bool, target: str | None, endpoint_url: str | N
     header()
     click.echo(f"{device_id}: every certificate issued for it is revoked in {crl}")
     if chosen.stack is not None:
-        pid = stack.restart_broker(root)
+        pid = restart_broker(root)
         click.echo(f"broker restarted with the new revocation list (pid {pid})")

@@ -11,7 +11,7 @@ import click
 from cloud import target as targets
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
-from cloud.local import stack
+from cloud.local.identities import INGEST_IDENTITY, device_identity
 from cloud.local.mosquitto import READERS
 from device.config import MQTT_VERSIONS
 
@@ -24,7 +24,7 @@ from device.config import MQTT_VERSIONS
 )
 @click.option(
     "--client-id",
-    default=stack.INGEST_IDENTITY,
+    default=INGEST_IDENTITY,
     show_default=True,
     help="The identity (certificate and MQTT client id; its session survives restarts): "
     "ingest, or ingest-2 .. ingest-9 for more instances sharing the load.",
@@ -90,7 +90,7 @@ def ingest(
         host="127.0.0.1",
         port=chosen.stack.mqtt_port,
         # The broker names a client by its certificate: one identity per instance.
-        tls=stack.device_identity(root, client_id),
+        tls=device_identity(root, client_id),
         endpoint=chosen.endpoint,
         table=chosen.table,
         dead_letter=dead_letter or chosen.stack.dead_letter,

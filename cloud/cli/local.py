@@ -10,6 +10,8 @@ from cloud.cli.errors import reports_errors
 from cloud.cli.output import relative, size
 from cloud.cli.status import echo_local_status, status
 from cloud.local import stack
+from cloud.local.state import StackState, running_state, state_dir
+from cloud.local.status import folder_size
 from cloud.stack.deploy import DEFAULT_STACK_NAME
 
 
@@ -71,13 +73,13 @@ def local_up(
 def local_down() -> None:
     """Stop what `cloud local up` started from this folder; the data stays."""
     stopped = stack.down(Path.cwd())
-    state = stack.StackState.load(Path.cwd())
+    state = StackState.load(Path.cwd())
     if stopped:
         click.echo(f"stopped {', '.join(stopped)}")
     else:
         click.echo(f"no local stack runs from {Path.cwd()}; nothing to stop")
     if state is not None and state.data.exists():
-        kept = size(stack.folder_size(state.data))
+        kept = size(folder_size(state.data))
         click.echo(f"data kept in {relative(state.data)} ({kept}); `cloud local reset` deletes it")
 
 
@@ -89,8 +91,8 @@ def local_reset(yes: bool) -> None:
 
     Certificates in certs/ stay, so devices keep their identities.
     """
-    state = stack.StackState.load(Path.cwd())
-    data = state.data if state is not None else stack.state_dir(Path.cwd())
+    state = StackState.load(Path.cwd())
+    data = state.data if state is not None else state_dir(Path.cwd())
     if not yes:
         click.confirm(
             f"delete the table, exports and broker queues in {relative(data)}?", abort=True
@@ -110,10 +112,10 @@ def local_reset(yes: bool) -> None:
 def local_status(ctx: click.Context) -> None:
     """Each part (running or not, pid, uptime, restarts) and where the data is, how big."""
     root = Path.cwd()
-    if stack.running_state(root) is not None:
+    if running_state(root) is not None:
         ctx.invoke(status, target="local", endpoint_url=None, stack_name=DEFAULT_STACK_NAME)
         return
-    state = stack.StackState.load(root)
+    state = StackState.load(root)
     if state is None:
         raise click.ClickException(
             f"no local stack has run from {root}; `cloud local up` starts one"

@@ -9,16 +9,17 @@ from cloud import target as targets
 from cloud.cli import options
 from cloud.cli.errors import aws_error_line, reports_errors
 from cloud.cli.output import duration, echo_rows, relative, size
-from cloud.local import stack
+from cloud.local.state import StackState
+from cloud.local.status import data_sizes, part_views
 from cloud.table import item_count
 from cloud.timeparse import iso_ms
 
 PART_COLUMNS = ("part", "state", "pid", "uptime", "restarts", "last exit")
 
 
-def echo_local_status(state: stack.StackState) -> None:
+def echo_local_status(state: StackState) -> None:
     rows = []
-    for part in stack.part_views(state):
+    for part in part_views(state):
         # Recorded as running but its process is gone: the supervisor has not noticed yet.
         shown = (
             "running" if part.running else "DEAD" if part.state == "running" else part.state.upper()
@@ -36,7 +37,7 @@ def echo_local_status(state: stack.StackState) -> None:
     echo_rows(PART_COLUMNS, rows, "table")
     click.echo(f"broker   {state.broker_url}")
     click.echo(f"table    {state.endpoint.url} ({state.table})")
-    for what, (path, bytes_) in stack.data_sizes(state).items():
+    for what, (path, bytes_) in data_sizes(state).items():
         click.echo(f"data     {what}: {relative(path)} ({size(bytes_)})")
     click.echo(f"logs     {relative(state.logs_dir)}/")
 
@@ -51,7 +52,7 @@ def status(target: str | None, endpoint_url: str | None, stack_name: str) -> Non
     if chosen.stack is not None:
         click.echo(f"target   {chosen.name} ({chosen.why})")
         echo_local_status(chosen.stack)
-        views = {p.name: p for p in stack.part_views(chosen.stack)}
+        views = {p.name: p for p in part_views(chosen.stack)}
         if not views["table"].running:
             click.echo("items    unknown: the table engine is not running (it is restarted)")
             return

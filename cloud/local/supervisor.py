@@ -268,7 +268,8 @@ def main(argv: list[str]) -> int:
     )
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from cloud.local.stack import StackState, part_specs, supervisor_status_path
+    from cloud.local.parts import part_specs
+    from cloud.local.state import StackState, supervisor_status_path
 
     root = Path(argv[0])
     state = StackState.load(root)

@@ -14,7 +14,8 @@ from typing import Any
 
 from cloud.aws import Endpoint
 from cloud.export.storage import check_key
-from cloud.local import stack
+from cloud.local.stack import terminate
+from cloud.local.state import StackState, alive, state_dir
 
 LEGACY_FILE = "stack.legacy.json"
 
@@ -27,7 +28,7 @@ class LegacyStack:
 
     @classmethod
     def find(cls, root: Path) -> LegacyStack | None:
-        folder = stack.state_dir(root)
+        folder = state_dir(root)
         for path in (folder / "stack.json", folder / LEGACY_FILE):
             try:
                 raw = json.loads(path.read_text())
@@ -40,20 +41,20 @@ class LegacyStack:
         return None
 
     def _alive(self, name: str) -> bool:
-        return stack.alive(self.pids.get(name), name)
+        return alive(self.pids.get(name), name)
 
     def _stop(self, *names: str) -> list[str]:
         stopped = []
         for name in names:
             if self._alive(name):
-                stack.terminate(self.pids[name])
+                terminate(self.pids[name])
                 stopped.append(name)
         return stopped
 
     def stop(self) -> list[str]:
         """`down` on an old stack: stop it all (its in-memory data goes with it)."""
         stopped = self._stop("ingest", "mosquitto", "moto")
-        (stack.state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
+        (state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
         return stopped
 
     def stop_all_but_table(self) -> list[str]:
@@ -63,9 +64,9 @@ class LegacyStack:
             return []
         return [f"stopped the old stack's {' and '.join(stopped)}"]
 
-    def move_data_and_stop(self, state: stack.StackState) -> list[str]:
+    def move_data_and_stop(self, state: StackState) -> list[str]:
         if not self._alive("moto"):
-            (stack.state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
+            (state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
             return [
                 "upgraded from the in-memory stack: its table and exports lived in moto's "
                 "server and were lost when it stopped; from now on the table is kept in "
@@ -82,7 +83,7 @@ class LegacyStack:
             old.client("s3"), str(self.raw.get("bucket", "sensor-exports")), state.exports_dir
         )
         self._stop("moto")
-        (stack.state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
+        (state_dir(self.root) / LEGACY_FILE).unlink(missing_ok=True)
         return [
             f"upgraded from the in-memory stack: copied {items} reading(s) from the old "
             f"moto server into {state.table_dir} and {files} export file(s) into "

@@ -24,7 +24,7 @@ from cloud.cli.output import format_result
 from cloud.errors import ConfigError, QueryError
 from cloud.export.layout import PARQUET_COLUMNS
 from cloud.export.location import ExportRoot
-from cloud.local.stack import StackState
+from cloud.local.state import StackState
 from cloud.query import run as query_module
 from cloud.query import schema
 from cloud.query.reports import Window, report_query

@@ -28,8 +28,9 @@ from cloud.identity.revocation import (
     revoke_device_local,
     revoked_serials,
 )
-from cloud.local import stack
+from cloud.local.identities import device_identity
 from cloud.local.ports import free_port
+from cloud.local.state import StackState, running_state, state_dir
 from tests.conftest import BrokerFactory, Pki
 from tests.mqtt import REPO, MqttClient, wait_until
 
@@ -69,8 +70,8 @@ def dropped(device: MqttClient) -> bool:
 
 def test_crl_lists_each_revoked_serial_once_and_outlives_the_ca(root: Path):
     ca = x509.load_pem_x509_certificate((root / "certs/local-ca/ca.pem").read_bytes())
-    a = stack.device_identity(root, "crl-a")
-    b = stack.device_identity(root, "crl-b")
+    a = device_identity(root, "crl-a")
+    b = device_identity(root, "crl-b")
     empty = x509.load_pem_x509_crl(ensure_crl(root).read_bytes())
     assert len(empty) == 0 and empty.is_signature_valid(ca.public_key())
     assert empty.next_update_utc is not None
@@ -104,8 +105,8 @@ def test_a_certificate_from_another_ca_is_not_revoked(
 def test_a_revoked_device_is_refused_after_a_broker_restart(
     root: Path, start_broker: BrokerFactory, devices: list[MqttClient]
 ):
-    revoked = stack.device_identity(root, "rv-gone")
-    other = stack.device_identity(root, "rv-other")
+    revoked = device_identity(root, "rv-gone")
+    other = device_identity(root, "rv-other")
     broker = start_broker(crl=ensure_crl(root))
     port = broker.config.port
     assert connects(devices, port, revoked) and connects(devices, port, other)
@@ -124,8 +125,8 @@ def test_sighup_refuses_new_connections_but_keeps_open_ones(
 ):
     """Why revocation restarts the broker: Mosquitto 2.0 re-reads the CRL on SIGHUP, but
     an established connection of the revoked certificate carries on."""
-    revoked = stack.device_identity(root, "hup-gone")
-    other = stack.device_identity(root, "hup-other")
+    revoked = device_identity(root, "hup-gone")
+    other = device_identity(root, "hup-other")
     broker = start_broker(crl=ensure_crl(root))
     port = broker.config.port
     assert connects(devices, port, revoked)
@@ -165,11 +166,11 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(
     up = ("-m", "cloud", "local", "up", "--no-ingest")
     cloud(root, *up, "--mqtt-port", str(free_port()), "--table-port", str(free_port()))
     try:
-        state = stack.StackState.load(root)
+        state = StackState.load(root)
         assert state is not None
         before = state.pids["mosquitto"]
-        gone = stack.device_identity(root, "st-gone")
-        other = stack.device_identity(root, "st-other")
+        gone = device_identity(root, "st-gone")
+        other = device_identity(root, "st-other")
         assert connects(devices, state.mqtt_port, gone)
 
         revoke_device_local(root, "st-gone")
@@ -178,18 +179,18 @@ def test_restart_local_broker_applies_the_crl_to_a_running_stack(
         new_pid = int(cloud(root, "-c", restart, str(root)))
 
         assert new_pid != before
-        assert stack.running_state(root).pids["mosquitto"] == new_pid
+        assert running_state(root).pids["mosquitto"] == new_pid
         assert dropped(devices[0])
         assert not connects(devices, state.mqtt_port, gone)
         assert connects(devices, state.mqtt_port, other)
-        conf = stack.state_dir(root) / "mosquitto" / "mosquitto.conf"
+        conf = state_dir(root) / "mosquitto" / "mosquitto.conf"
         assert f"crlfile {crl_path(root)}" in conf.read_text()
     finally:
         cloud(root, "-m", "cloud", "local", "down")
 
 
 def test_the_crl_is_public_and_current(root: Path):
-    stack.device_identity(root, "mode")
+    device_identity(root, "mode")
     path = revoke_device_local(root, "mode")
     assert path.stat().st_mode & 0o777 == 0o644  # a broker running as another user reads it
     next_update = x509.load_pem_x509_crl(path.read_bytes()).next_update_utc
@@ -201,13 +202,13 @@ def test_a_reissued_certificate_revokes_the_one_it_replaced_and_revoke_covers_ev
 ):
     """`cloud provision --id X --force` on a Pi that was stolen: the thief's copy of the
     first certificate stops working at once, and `cloud revoke` later ends the new one too."""
-    first = stack.device_identity(root, "rv-stolen")
+    first = device_identity(root, "rv-stolen")
     stolen_folder = root / "stolen"
     shutil.copytree(first.cert.parent, stolen_folder)
     stolen = Identity(
         stolen_folder / "cert.pem", stolen_folder / "key.pem", stolen_folder / "ca.pem"
     )
-    second = stack.device_identity(root, "rv-stolen", force=True)
+    second = device_identity(root, "rv-stolen", force=True)
     assert serial(second) != serial(stolen)
     broker = start_broker(crl=ensure_crl(root))
     port = broker.config.port

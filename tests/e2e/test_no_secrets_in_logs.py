@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cloud.identity.local_ca import Identity, LocalCA
-from cloud.local import stack
+from cloud.local.identities import INGEST_IDENTITY, device_identity
 from cloud.local.mosquitto import Mosquitto
 from cloud.local.moto import MotoServer
+from cloud.local.state import StackState
 from cloud.table import item_count
 from tests.conftest import Pki
 from tests.e2e.conftest import Agents, Proc, spawn
@@ -44,7 +45,7 @@ def project_root(
     `stand_in` is the pid of a process that passes for the stack's supervisor."""
     root = folder / "project"
     shutil.copytree(pki.ca.folder, root / "certs" / "local-ca")
-    stack.StackState(
+    StackState(
         root=str(root),
         mqtt_port=broker.config.port,
         table_port=moto.port,
@@ -170,7 +171,7 @@ def test_no_key_certificate_or_aws_secret_in_any_log(
         pki.device(f"{device_id}-s2"),
         pki.device(f"{device_id}-wrongca"),
         pki.device(f"{device_id}-loose"),
-        stack.device_identity(root, stack.INGEST_IDENTITY),
+        device_identity(root, INGEST_IDENTITY),
     ]
     keys = [pki.ca.key_path, other_ca.key_path, *(i.key for i in identities)]
     certs = [pki.ca.cert_path, other_ca.cert_path, *(i.cert for i in identities)]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from cloud.aws import Endpoint
-from cloud.local import stack
+from cloud.local.identities import device_identity
 from cloud.local.ports import free_port
+from cloud.local.state import running_state
 from cloud.table import item_count
 from tests.mqtt import Subscriber, wait_until
 
@@ -81,13 +82,11 @@ def project(tmp_path: Path):
 
 @pytest.mark.slow
 def test_ten_sensors_times_a_thousand_readings_from_device_to_sql(project: Path):
-    state = stack.running_state(project)
+    state = running_state(project)
     assert state is not None
     # A reader identity of its own: the stack's ingest holds "ingest" (a client is its
     # certificate's name, so sharing it would take over ingest's session).
-    sub = Subscriber(
-        state.mqtt_port, stack.device_identity(project, "ingest-2"), client_id="ingest-2"
-    )
+    sub = Subscriber(state.mqtt_port, device_identity(project, "ingest-2"), client_id="ingest-2")
     sub.start()
     try:
         out = run(
@@ -179,7 +178,7 @@ def part_pid(project: Path, name: str) -> int | None:
 def test_each_part_killed_in_turn_mid_stream_still_writes_each_reading_once(project: Path):
     """The table engine, the broker and ingest each SIGKILLed while a fleet publishes; the
     test restarts nothing: the stack's supervisor does, and the devices resend."""
-    state = stack.running_state(project)
+    state = running_state(project)
     assert state is not None
     ddb = state.endpoint.client("dynamodb")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
