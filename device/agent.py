@@ -7,6 +7,8 @@ or soon after a reconnect (a broker that crashed lost what it held).
 One thread runs this loop; the transport's network thread only reports back (acks,
 receipts, failures, connection changes) through a queue, so all outbox writes happen here.
 A simulated fleet runs many agents, and their transports, on one thread (device.fleet).
+A remote config (device.remote_config) comes through the same queue and is put in force
+between two turns; health messages (device.health) go out from this thread too.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from device.backoff import Backoff
 from device.clock import WallClock
 from device.config import AgentConfig
 from device.errors import BrokerError, OutboxError, SensorReadError
+from device.health import HealthReporter
 from device.outbox import Outbox
 from device.payload import data_topic
 from device.receipts import MAX_UNCONFIRMED, Unconfirmed
+from device.remote_config import RemoteConfig
 from device.sensors import Sensor, make_sensor
 from device.transport import Callbacks, Transport, make_transport
 
@@ -39,6 +43,8 @@ MAX_BATCH = 256
 #: Readings held in memory while the clock is not synchronised, at most (then they are
 #: stamped with the clock as it is, and kept).
 MAX_HELD = 10_000
+#: The settings a sensor is made from: a remote config that changes one makes a new sensor.
+SENSOR_SETTINGS = ("sensor", "pin", "w1_id", "i2c_address", "seed")
 
 
 @dataclass
@@ -69,7 +75,6 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: WallClock | None = None,
     ) -> None:
-        self.config = config
         self._wall = wall or WallClock(monotonic=clock)
         # Readings taken while the clock is not synchronised: (values, monotonic time).
         self._held: list[tuple[dict[str, float], float]] = []
@@ -85,6 +90,8 @@ class Agent:
         self._topic = data_topic(config.sensor_id)
         self.outbox = Outbox(config.outbox, config.sensor_id, config.outbox_max, config.outbox_full)
         self._dropped_at_start = self.outbox.dropped
+        self._remote = RemoteConfig(config, self.outbox)
+        self.config = config = self._remote.restore()  # the last remote config, before connecting
         try:
             self.sensor = sensor or make_sensor(config)
         except BaseException:
@@ -98,8 +105,13 @@ class Agent:
                 on_connection=lambda up, why: self._post("connection", (up, why)),
                 on_fatal=lambda why: self._post("fatal", why),
                 on_receipt=lambda confirmed: self._post("receipt", confirmed),
+                on_config=lambda payload: self._post("config", payload),
             ),
         )
+        self._health = HealthReporter(
+            self.summary, self.outbox, self._transport, self._wall, lambda: self._remote.version,
+            clock,
+        )  # fmt: skip
         self._connected = False
         self._offline_since = clock()
         self._last_offline_reason = "not connected yet"
@@ -196,7 +208,7 @@ class Agent:
             wait = 0.5
         if self._flush_deadline is not None:
             wait = min(wait, max(0.0, self._flush_deadline - now))
-        return wait
+        return min(wait, self._health.tick(cfg.health_interval, self._connected))
 
     def end(self) -> None:
         """Keep what is unsent, disconnect (publishing `offline`), close the outbox."""
@@ -398,11 +410,30 @@ class Agent:
                 self._offline_since = self._clock()
             if up and not self._connected:
                 self._unconfirmed.after_reconnect()
+                self._health.connection(up)
+                self._remote.flush(self._transport)
             self._connected = up
             if not up:
                 self._last_offline_reason = why
+        elif event == "config":
+            self._remote.desired(value, self._reconfigure)
+            self._remote.flush(self._transport)
         elif event == "fatal":
             raise BrokerError(value)
+
+    def _reconfigure(self, new: AgentConfig) -> None:
+        """Put a remote config in force: a new sensor if one of its settings changed (the
+        old one closed once the new one is made), a new interval from the next reading;
+        the rest is read where it is used."""
+        old = self.config
+        if any(getattr(new, name) != getattr(old, name) for name in SENSOR_SETTINGS):
+            sensor = make_sensor(new)  # SensorError refuses the config: the old one stays
+            self.sensor.close()
+            self.sensor = sensor
+        if old.interval and new.interval != old.interval:
+            self._next_read += new.interval - old.interval
+        self._unconfirmed.timeout = new.receipt_timeout
+        self.config = new
 
     def _check_offline_limit(self, now: float) -> None:
         limit = self.config.offline_limit

@@ -233,6 +233,11 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="With --receipts: seconds to wait for one before sending again [30].",
         ),
         click.option(
+            "--health-interval",
+            type=click.FloatRange(min=1),
+            help="Seconds between health messages on sensors/ID/health [60].",
+        ),
+        click.option(
             "--flow-control/--no-flow-control",
             default=None,
             help="awsiot: keep AWS IoT Core's publish limits [on].",

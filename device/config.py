@@ -112,6 +112,10 @@ class AgentConfig:
     pin: str = "D4"
     w1_id: str | None = None  # ds18b20: which one on the bus (None: the first found)
     i2c_address: int = 0x76
+    #: Seconds between health messages (sensors/<id>/health).
+    health_interval: float = 60.0
+    #: Settings given as command-line flags: a remote config does not change them.
+    from_flags: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.broker.tls and self.tls is None:
@@ -167,6 +171,9 @@ class Settings:
             return self._file[name], f"{self._file_name}: {name}"
         return None
 
+    def from_flag(self, name: str) -> bool:
+        return name in self._flags
+
     def unknown_file_keys(self, known: set[str]) -> list[str]:
         return sorted(set(self._file) - known)
 
@@ -213,6 +220,7 @@ _KINDS: dict[str, type] = {
     "pin": str,
     "w1_id": str,
     "i2c_address": int,
+    "health_interval": float,
 }
 _CHOICES = {
     "transport": TRANSPORTS,
@@ -230,7 +238,39 @@ _MINIMUMS: dict[str, float] = {
     "offline_limit": 0,
     "receipt_timeout": 1,
     "clock_wait": 0,
+    "health_interval": 1,
 }
+#: What a remote config (sensors/<id>/config/desired) may set; the rest is the device's.
+REMOTE_SETTINGS = (
+    "interval",
+    "sensor",
+    "health_interval",
+    "qos",
+    "pin",
+    "w1_id",
+    "i2c_address",
+    "receipt_timeout",
+)
+
+
+def _check(name: str, raw: Any, source: str) -> Any:
+    """One setting's value, converted and checked against its choices and minimum."""
+    value = _convert(name, raw, source, _KINDS[name])
+    if name in _CHOICES and value not in _CHOICES[name]:
+        allowed = ", ".join(str(c) for c in _CHOICES[name])
+        raise ConfigError(f"{source}: {raw!r} is not one of {allowed}")
+    if name in _MINIMUMS and value < _MINIMUMS[name]:
+        raise ConfigError(f"{source}: {name} must be at least {_MINIMUMS[name]}, not {raw!r}")
+    return value
+
+
+def check_remote_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A remote config's settings, checked by the rules of the local ones; ConfigError
+    ("unknown setting X", or the local rule's message) refuses the config as a whole."""
+    unknown = sorted(set(settings) - set(REMOTE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {', '.join(unknown)}")
+    return {name: _check(name, raw, f"{source}: {name}") for name, raw in settings.items()}
 
 
 def load_config(
@@ -253,18 +293,12 @@ def load_config(
         raise ConfigError(f"--config {config_file}: unknown setting(s) {', '.join(unknown)}")
 
     values: dict[str, Any] = {}
-    for name, kind in _KINDS.items():
+    for name in _KINDS:
         found = settings.get(name)
         if found is None:
             continue
         raw, source = found
-        value = _convert(name, raw, source, kind)
-        if name in _CHOICES and value not in _CHOICES[name]:
-            allowed = ", ".join(str(c) for c in _CHOICES[name])
-            raise ConfigError(f"{source}: {raw!r} is not one of {allowed}")
-        if name in _MINIMUMS and value < _MINIMUMS[name]:
-            raise ConfigError(f"{source}: {name} must be at least {_MINIMUMS[name]}, not {raw!r}")
-        values[name] = (value, source)
+        values[name] = (_check(name, raw, source), source)
 
     defaults = default_broker() if "broker" not in values and default_broker else None
     if defaults:
@@ -290,4 +324,5 @@ def load_config(
     plain = {k: v[0] for k, v in values.items() if k not in ("broker", "cert", "key", "ca")}
     if "outbox" not in plain:
         plain["outbox"] = default_outbox(sensor_id)
-    return AgentConfig(sensor_id=sensor_id, broker=broker, tls=tls, **plain)
+    flagged = frozenset(n for n in _KINDS if settings.from_flag(n))
+    return AgentConfig(sensor_id=sensor_id, broker=broker, tls=tls, from_flags=flagged, **plain)

@@ -189,6 +189,29 @@ class Outbox:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def remote_config(self) -> str | None:
+        """The last remote config applied (JSON: version and settings), kept across runs."""
+        value = self._get("remote_config")
+        return None if value is None else str(value)
+
+    def keep_remote_config(self, value: str) -> None:
+        try:
+            self._set("remote_config", value)  # autocommit: one row, durable at once
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+
+    def oldest_unsent_ts(self) -> int | None:
+        """The `ts` (epoch ms) of the oldest reading still here, if any."""
+        try:
+            row = self._db.execute("SELECT ts, payload FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+        if row is None:
+            return None
+        ts, payload = row
+        return int(json.loads(payload)["ts"] if ts is None else ts)
+
     # -- the three operations --------------------------------------------------------------
 
     def append(

@@ -3,7 +3,8 @@
 `{"v": 1, "sensor_id": "sensor-3", "ts": 1764345600123, "seq": 42, "temperature": 21.37}`
 plus optional numeric metrics, and the receipts `cloud ingest` sends back. The same module
 encodes on the device and validates in the cloud, so the two sides cannot disagree about
-what a reading is.
+what a reading is. The fleet's messages (desired and reported config, health) are part of
+the same contract, so they live here too, past the 400 lines a module usually keeps to.
 """
 
 from __future__ import annotations
@@ -277,3 +278,212 @@ def parse_receipt(payload: bytes) -> dict[int, int]:
     ):
         raise PayloadError("bad receipt", 'expected {"v": 1, "confirmed": [[seq, ts], ...]}')
     return {_whole_number("seq", seq, 0): _whole_number("ts", ts, 0) for seq, ts in pairs}
+
+
+# -- fleet management: desired and reported config, health ----------------------------------
+# Retained messages beside a device's readings (docs: the issue 15 contract). The cloud
+# writes `config/desired`; the device answers on `config/reported` and sends `health`.
+# Each is JSON, compact, at most MAX_PAYLOAD_BYTES.
+
+CONFIG_STATUSES = ("applied", "refused")
+#: Longest `error` a reported config carries: one line for a log or a table cell.
+MAX_ERROR_CHARS = 300
+
+
+def config_desired_topic(sensor_id: str) -> str:
+    return f"sensors/{check_sensor_id(sensor_id)}/config/desired"
+
+
+def config_reported_topic(sensor_id: str) -> str:
+    return f"sensors/{check_sensor_id(sensor_id)}/config/reported"
+
+
+def health_topic(sensor_id: str) -> str:
+    return f"sensors/{check_sensor_id(sensor_id)}/health"
+
+
+def _object(payload: bytes, what: str) -> dict[str, Any]:
+    """A JSON object of payload v1, bounded in size; PayloadError("bad <what>") if not."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversize payload", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"bad {what}", str(exc)) from None
+    if not isinstance(body, dict):
+        raise PayloadError(f"bad {what}", "not a JSON object")
+    if body.get("v") != VERSION or isinstance(body.get("v"), bool):
+        raise PayloadError("unsupported version", repr(body.get("v")))
+    return body
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversize payload", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    return payload
+
+
+def _settings(value: Any, what: str) -> Mapping[str, str | int | float | bool]:
+    # Names and scalar values only; which names and values are allowed is the agent's
+    # config rules' call (device.config.check_remote_settings).
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in value.items()
+    ):
+        raise PayloadError(f"bad {what}", "expected an object of names to scalar values")
+    return MappingProxyType(dict(value))
+
+
+def _keys(body: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise PayloadError(f"bad {what}", "unknown field " + ", ".join(sorted(unknown)))
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The settings the cloud wants a device to run with, at a version (>= 1)."""
+
+    version: int
+    settings: Mapping[str, str | int | float | bool]
+
+    def __post_init__(self) -> None:
+        if _integer("version", self.version) < 1:
+            raise PayloadError("version out of range", repr(self.version))
+        object.__setattr__(self, "settings", _settings(self.settings, "settings"))
+
+
+def encode_desired(desired: Desired) -> bytes:
+    return _encode({"v": VERSION, "version": desired.version, "settings": dict(desired.settings)})
+
+
+def parse_desired(payload: bytes) -> Desired:
+    body = _object(payload, "desired config")
+    _keys(body, {"v", "version", "settings"}, "desired config")
+    if "version" not in body or "settings" not in body:
+        raise PayloadError("bad desired config", "expected version and settings")
+    return Desired(body["version"], body["settings"])
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What a device did with a desired config: applied it, or refused it (with why)."""
+
+    sensor_id: str
+    version: int
+    status: Literal["applied", "refused"]
+    #: The remote settings now in force (a refused config leaves the previous ones).
+    applied: Mapping[str, str | int | float | bool]
+    error: str | None = None
+    #: Names the remote config set that a command-line flag keeps.
+    overridden: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_sensor_id(self.sensor_id)
+        _whole_number("version", self.version, 0)
+        if self.status not in CONFIG_STATUSES:
+            raise PayloadError("bad reported config", f"status {self.status!r}")
+        if (self.error is None) != (self.status == "applied"):
+            raise PayloadError("bad reported config", "an error goes with refused, only")
+        if self.error is not None:
+            if not isinstance(self.error, str):
+                raise PayloadError("bad reported config", "error is not a string")
+            line = " ".join(self.error.split())
+            object.__setattr__(self, "error", line[:MAX_ERROR_CHARS])
+        object.__setattr__(self, "applied", _settings(self.applied, "applied"))
+        if not isinstance(self.overridden, tuple | list) or not all(
+            isinstance(n, str) for n in self.overridden
+        ):
+            raise PayloadError("bad reported config", "overridden is not a list of names")
+        object.__setattr__(self, "overridden", tuple(self.overridden))
+
+
+def encode_reported(reported: Reported) -> bytes:
+    body: dict[str, Any] = {
+        "v": VERSION,
+        "sensor_id": reported.sensor_id,
+        "version": reported.version,
+        "status": reported.status,
+        "applied": dict(reported.applied),
+    }
+    if reported.error is not None:
+        body["error"] = reported.error
+    body["overridden"] = list(reported.overridden)
+    return _encode(body)
+
+
+def parse_reported(payload: bytes, topic_sensor_id: str | None = None) -> Reported:
+    body = _object(payload, "reported config")
+    _keys(
+        body,
+        {"v", "sensor_id", "version", "status", "applied", "error", "overridden"},
+        "reported config",
+    )
+    missing = {"sensor_id", "version", "status", "applied"} - set(body)
+    if missing:
+        raise PayloadError("bad reported config", "missing " + ", ".join(sorted(missing)))
+    if topic_sensor_id is not None and body["sensor_id"] != topic_sensor_id:
+        raise PayloadError("sensor_id differs from topic", repr(body["sensor_id"]))
+    return Reported(
+        sensor_id=body["sensor_id"],
+        version=body["version"],
+        status=body["status"],
+        applied=body["applied"],
+        error=body.get("error"),
+        overridden=body.get("overridden", []),
+    )
+
+
+@dataclass(frozen=True)
+class Health:
+    """A device's vital signs, sent every health_interval seconds (retained)."""
+
+    sensor_id: str
+    ts: int  # epoch ms
+    agent_version: str
+    uptime_s: float
+    mqtt_version: Literal["5", "3.1.1"]
+    outbox_depth: int
+    oldest_unsent_age_s: float | None
+    dropped: int
+    read_errors: int
+    reconnects: int
+    clock_synced: bool | None
+    peak_rss_kib: int
+    soc_temp_c: float | None
+    config_version: int | None
+
+    def __post_init__(self) -> None:
+        check_sensor_id(self.sensor_id)
+        if not isinstance(self.agent_version, str) or not 0 < len(self.agent_version) <= 64:
+            raise PayloadError("bad health", f"agent_version {self.agent_version!r}")
+        if self.mqtt_version not in ("5", "3.1.1"):
+            raise PayloadError("bad health", f"mqtt_version {self.mqtt_version!r}")
+        for name in ("ts", "outbox_depth", "dropped", "read_errors", "reconnects", "peak_rss_kib"):
+            _whole_number(name, getattr(self, name), 0)
+        if self.config_version is not None:
+            _whole_number("config_version", self.config_version, 0)
+        for name in ("uptime_s", "oldest_unsent_age_s", "soc_temp_c"):
+            value = getattr(self, name)
+            if value is not None or name == "uptime_s":
+                object.__setattr__(self, name, _finite_number(name, value))
+        if self.clock_synced is not None and not isinstance(self.clock_synced, bool):
+            raise PayloadError("bad health", f"clock_synced {self.clock_synced!r}")
+
+
+HEALTH_FIELDS = tuple(Health.__dataclass_fields__)
+
+
+def encode_health(health: Health) -> bytes:
+    return _encode({"v": VERSION, **{name: getattr(health, name) for name in HEALTH_FIELDS}})
+
+
+def parse_health(payload: bytes, topic_sensor_id: str | None = None) -> Health:
+    body = _object(payload, "health")
+    _keys(body, {"v", *HEALTH_FIELDS}, "health")
+    missing = set(HEALTH_FIELDS) - set(body)
+    if missing:
+        raise PayloadError("bad health", "missing " + ", ".join(sorted(missing)))
+    if topic_sensor_id is not None and body["sensor_id"] != topic_sensor_id:
+        raise PayloadError("sensor_id differs from topic", repr(body["sensor_id"]))
+    return Health(**{name: body[name] for name in HEALTH_FIELDS})

@@ -30,7 +30,7 @@ class Unconfirmed:
     (stale entries are skipped), and `timeouts` counts each seq's expiries."""
 
     def __init__(self, timeout: float, clock: Callable[[], float]) -> None:
-        self._timeout = timeout
+        self.timeout = timeout  # a remote config may change it
         self._clock = clock
         self._deadlines_of: dict[int, float] = {}
         self._heap: list[tuple[float, int]] = []
@@ -43,7 +43,7 @@ class Unconfirmed:
     def acked(self, seq: int) -> None:
         """The broker PUBACKed it: wait for its receipt (longer after each timeout)."""
         factor: int = min(2 ** self._timeouts.get(seq, 0), MAX_TIMEOUT_FACTOR)
-        self._wait(seq, self._clock() + self._timeout * factor)
+        self._wait(seq, self._clock() + self.timeout * factor)
 
     def confirmed(self, seq: int) -> None:
         """Its receipt came (or it left the outbox): nothing more to wait for."""

@@ -44,15 +44,24 @@ PLAINTEXT_ACL = "topic read sensors/+/data\ntopic read sensors/+/status\n"
 
 def acl_text(readers: tuple[str, ...] = READERS) -> str:
     lines = [
-        "# Devices: publish only their own readings and status; read their own topics",
-        "# (receipts). The name is the certificate's, never the client id.",
+        "# Devices: publish only their own readings, status, reported config and health;",
+        "# read their own topics (receipts, desired config). The name is the certificate's,",
+        "# never the client id.",
         "pattern write sensors/%u/data",
         "pattern write sensors/%u/status",
+        "pattern write sensors/%u/config/reported",
+        "pattern write sensors/%u/health",
         "pattern read sensors/%u/#",
         "",
     ]
     for name in readers:
-        lines += [f"user {name}", "topic read sensors/#", "topic write sensors/+/receipt", ""]
+        lines += [
+            f"user {name}",
+            "topic read sensors/#",
+            "topic write sensors/+/receipt",
+            "topic write sensors/+/config/desired",
+            "",
+        ]
     return "\n".join(lines)
 
 

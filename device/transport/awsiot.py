@@ -29,8 +29,8 @@ from awsiot import mqtt5_client_builder
 
 from device.config import AgentConfig
 from device.errors import PayloadError
-from device.payload import parse_receipt, receipt_topic, status_topic
-from device.transport import Callbacks, receipts_refused
+from device.payload import config_desired_topic, parse_receipt, receipt_topic, status_topic
+from device.transport import Callbacks, desired_refused, receipts_refused
 from device.transport.session import FATAL_CONNACK, UNSUPPORTED_VERSION
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class AwsIotTransport:
         self._config = config
         self._callbacks = callbacks
         self._status_topic = status_topic(config.sensor_id)
+        self._desired_topic = config_desired_topic(config.sensor_id)
+        self._desired_warned = False
         self._lock = threading.Lock()  # guards the flags below; never held around the client
         self._connected = False
         self._stopping = False
@@ -166,6 +168,27 @@ class AwsIotTransport:
             return
         # Runs on the event-loop thread, or right here if the future is already done.
         future.add_done_callback(functools.partial(self._on_published, topic, qos, token))
+
+    def publish_state(self, topic: str, payload: bytes) -> bool:
+        with self._lock:
+            connected = self._connected
+        if not connected:
+            return False  # the offline queue would keep it; the agent sends it later
+        try:
+            future = self._client.publish(
+                mqtt5.PublishPacket(
+                    topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True
+                )
+            )
+        except AwsCrtError as exc:
+            log.warning("retained message on %s not sent: %s", topic, _crt_reason(exc))
+            return False
+        future.add_done_callback(functools.partial(self._on_state_published, topic))
+        return True
+
+    @property
+    def mqtt_version(self) -> str:
+        return "5"
 
     def stop(self, timeout: float) -> None:
         with self._lock:
@@ -269,6 +292,12 @@ class AwsIotTransport:
             )
         )
         future.add_done_callback(self._on_status_published)
+        desired = self._client.subscribe(
+            mqtt5.SubscribePacket(
+                subscriptions=[mqtt5.Subscription(self._desired_topic, qos=mqtt5.QoS.AT_LEAST_ONCE)]
+            )
+        )
+        desired.add_done_callback(self._on_desired_subscribed)
         if self._config.receipts:
             # Every time: a broker that lost our session (killed) lost the subscription too.
             topic = receipt_topic(self._config.sensor_id)
@@ -283,6 +312,29 @@ class AwsIotTransport:
         self._callbacks.on_connection(
             True, f"connected to {self._config.broker} (session rejoined: {rejoined})"
         )
+
+    def _on_state_published(self, topic: str, future: concurrent.futures.Future[object]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.debug("retained message on %s not sent: %s", topic, _crt_reason(exc))
+            return
+        code = getattr(getattr(future.result(), "puback", None), "reason_code", None)
+        if not isinstance(code, mqtt5.PubackReasonCode) or code >= _PUBACK_FAILURE_MIN:
+            log.warning("broker %s refused %s: %s", self._config.broker, topic, _code_name(code))
+
+    def _on_desired_subscribed(self, future: concurrent.futures.Future[object]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            # The connection went before the SUBACK: the next connection subscribes again.
+            log.debug("desired config subscription not confirmed: %s", _crt_reason(exc))
+            return
+        codes = getattr(future.result(), "reason_codes", None) or []
+        refused = [c for c in codes if not isinstance(c, Enum) or c.value >= _SUBACK_FAILURE_MIN]
+        with self._lock:
+            first = bool(refused) and not self._desired_warned
+            self._desired_warned = self._desired_warned or bool(refused)
+        if first:
+            log.warning("%s", desired_refused(self._config, _code_name(refused[0])))
 
     def _on_status_published(self, future: concurrent.futures.Future[object]) -> None:
         # Like the paho transport, a refused status is not fatal: the data is what counts,
@@ -313,6 +365,9 @@ class AwsIotTransport:
 
     def _on_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
+        if packet.topic == self._desired_topic:
+            self._callbacks.on_config(bytes(packet.payload or b""))
+            return
         try:
             confirmed = parse_receipt(bytes(packet.payload or b""))
         except PayloadError as exc:

@@ -26,8 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import AgentConfig
 from device.errors import PayloadError
-from device.payload import parse_receipt, receipt_topic, status_topic
-from device.transport import Callbacks, receipts_refused
+from device.payload import config_desired_topic, parse_receipt, receipt_topic, status_topic
+from device.transport import Callbacks, desired_refused, receipts_refused
 from device.transport.session import Refusal, Session, SessionSpec
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,10 @@ class PahoTransport:
         self._lock = threading.Lock()  # never held while calling into paho (see _on_publish)
         self._tokens: dict[int, int] = {}  # paho mid -> our token
         self._early: dict[int, ReasonCode] = {}  # mids answered before publish() returned
-        self._status_mids: set[int] = set()
+        self._status_mids: set[int] = set()  # and the other untracked retained messages
+        self._desired_topic = config_desired_topic(config.sensor_id)
+        self._desired_mid: int | None = None
+        self._desired_warned = False
         self._stop = threading.Event()
         self._closing = False  # our own DISCONNECT is not a lost connection
         self._thread: threading.Thread | None = None
@@ -109,6 +112,20 @@ class PahoTransport:
                 self._tokens[info.mid] = token
         if reason is not None:
             self._resolve(token, reason)
+
+    def publish_state(self, topic: str, payload: bytes) -> bool:
+        if not self._client.is_connected():
+            return False  # paho would queue it without bound; the agent sends it later
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        with self._lock:
+            # Its PUBACK may have come on the network thread already.
+            if self._early.pop(info.mid, None) is None:
+                self._status_mids.add(info.mid)
+        return True
+
+    @property
+    def mqtt_version(self) -> str:
+        return self._session.version
 
     def stop(self, timeout: float) -> None:
         self._closing = True
@@ -225,6 +242,7 @@ class PahoTransport:
         if self._config.receipts:
             # Every time: a broker that lost our session (killed) lost the subscription too.
             client.subscribe(receipt_topic(self._config.sensor_id), qos=1)
+        _, self._desired_mid = client.subscribe(self._desired_topic, qos=1)
         self._callbacks.on_connection(
             True,
             f"connected to {self._config.broker} with MQTT {self._session.version} "
@@ -253,11 +271,18 @@ class PahoTransport:
         properties: Properties | None,
     ) -> None:
         refused = [r for r in reasons if r.is_failure]
-        if refused:
+        if refused and mid == self._desired_mid:
+            if not self._desired_warned:
+                self._desired_warned = True
+                log.warning("%s", desired_refused(self._config, str(refused[0])))
+        elif refused:
             self._callbacks.on_fatal(receipts_refused(self._config, str(refused[0])))
             self._stop.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._desired_topic:
+            self._callbacks.on_config(bytes(msg.payload))
+            return
         try:
             confirmed = parse_receipt(bytes(msg.payload))
         except PayloadError as exc:
@@ -282,6 +307,10 @@ class PahoTransport:
         with self._lock:
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
+                if reason.is_failure:
+                    log.warning(
+                        "broker %s refused a retained message: %s", self._config.broker, reason
+                    )
                 return
             token = self._tokens.pop(mid, None)
             if token is None:
