@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cloud.cli import aws, data, export, identity, ingest, local, query, status
+from cloud.cli import aws, data, export, fleet, identity, ingest, local, query, status
 
 
 @click.group(epilog="Exit codes: 0 success, 1 a failure the message explains, 2 a usage error.")
@@ -46,5 +46,7 @@ for command in (
     export.export,
     query.query,
     query.plot,
+    fleet.config,
+    fleet.devices,
 ):
     main.add_command(command)

@@ -1,0 +1,171 @@
+"""`cloud config set | show` and `cloud devices`: the fleet's desired configs, what the
+devices reported, their health and status (cloud.fleet does the work)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cloud import target as targets
+from cloud.cli import options
+from cloud.cli.errors import reports_errors
+from cloud.cli.output import echo_rows
+from cloud.errors import ConfigError
+from cloud.fleet import config as fleet_config
+from cloud.fleet.connect import known_devices, open_store, policy_things
+from cloud.fleet.devices import COLUMNS, fleet, now_ms
+from cloud.fleet.settings import parse_settings
+from cloud.fleet.store import RetainedStore
+from cloud.target import Target
+from device.errors import PayloadError
+from device.payload import check_sensor_id
+
+CONFIG_COLUMNS = (
+    "sensor_id",
+    "desired_version",
+    "reported_version",
+    "state",
+    "desired",
+    "applied",
+    "overridden",
+    "error",
+)
+
+ids_option = click.option(
+    "--id", "sensor_ids", multiple=True, metavar="ID", help="A device id (repeat for more)."
+)
+all_option = click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every device known: ids seen on retained status, health or config topics, and on "
+    "AWS the things of the stack's policy.",
+)
+
+
+def _chosen_ids(sensor_ids: tuple[str, ...], every: bool) -> None:
+    if bool(sensor_ids) == every:
+        raise click.UsageError("give --id ID (one or more) or --all")
+    for sensor_id in sensor_ids:
+        try:
+            check_sensor_id(sensor_id)
+        except PayloadError as exc:
+            raise click.BadParameter(str(exc), param_hint="--id") from None
+
+
+def _ids(
+    store: RetainedStore, chosen: Target, given: tuple[str, ...], every: bool, stack_name: str
+) -> list[str]:
+    if not every:
+        return list(given)
+    ids = sorted(known_devices(store, chosen, stack_name))
+    if not ids:
+        raise ConfigError(f"--all: no device is known on {chosen.name} yet")
+    return ids
+
+
+@click.group("config")
+def config() -> None:
+    """Devices' remote configuration: the desired settings, and what each device applied."""
+
+
+@config.command("set")
+@ids_option
+@all_option
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@options.stack_name("aws, with --all: the stack whose policy's things are devices too.")
+@options.target_options
+@reports_errors
+def set_(
+    sensor_ids: tuple[str, ...],
+    every: bool,
+    settings: tuple[str, ...],
+    stack_name: str,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Merge KEY=VALUE settings into each device's desired config and publish it (retained,
+    the next version); the device applies it without a restart and reports back.
+
+    Settings: interval, sensor, health_interval, qos, pin, w1_id, i2c_address,
+    receipt_timeout. A flag given to the device agent wins over them (`config show` lists
+    it as overridden).
+    """
+    _chosen_ids(sensor_ids, every)
+    try:
+        values = parse_settings(settings)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from None
+    chosen = targets.resolve(target, endpoint_url)
+    store = open_store(chosen)
+    try:
+        ids = _ids(store, chosen, sensor_ids, every, stack_name)
+        made = fleet_config.set_config(store, ids, values)
+    finally:
+        store.close()
+    for sensor_id, desired in zip(sorted(set(ids)), made, strict=True):
+        click.echo(f"{sensor_id}: desired version {desired.version} {json.dumps(desired.settings)}")
+
+
+@config.command("show")
+@ids_option
+@all_option
+@options.output_format
+@options.stack_name("aws, with --all: the stack whose policy's things are devices too.")
+@options.target_options
+@reports_errors
+def show(
+    sensor_ids: tuple[str, ...],
+    every: bool,
+    fmt: str,
+    stack_name: str,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Each device's desired config beside what it reported: version, status, the settings
+    applied, the error of a refused one, the settings its own flags override, and whether
+    the two are in sync (in sync, pending, refused, or no desired)."""
+    _chosen_ids(sensor_ids, every)
+    chosen = targets.resolve(target, endpoint_url)
+    store = open_store(chosen)
+    try:
+        views = fleet_config.config_views(store, _ids(store, chosen, sensor_ids, every, stack_name))
+    finally:
+        store.close()
+    rows = []
+    for view in views:
+        reported = view.reported or {}
+        rows.append(
+            (
+                view.sensor_id,
+                view.desired.version if view.desired else None,
+                reported.get("version"),
+                view.state,
+                view.desired.settings if view.desired else None,
+                reported.get("applied"),
+                reported.get("overridden"),
+                reported.get("error"),
+            )
+        )
+    echo_rows(CONFIG_COLUMNS, rows, fmt)
+
+
+@click.command("devices")
+@options.output_format
+@options.stack_name("aws: the stack whose policy's things are listed too.")
+@options.target_options
+@reports_errors
+def devices(fmt: str, stack_name: str, target: str | None, endpoint_url: str | None) -> None:
+    """Every device: online or offline, last seen, its newest reading and that reading's age,
+    its last health (outbox, oldest unsent, dropped, reconnects, clock), the config version
+    it applied and whether that is the desired one. Offline and stale devices come first."""
+    chosen = targets.resolve(target, endpoint_url)
+    store = open_store(chosen)
+    try:
+        also = policy_things(chosen, stack_name)
+        views = fleet(store, chosen.endpoint.client("dynamodb"), chosen.table, also)
+    finally:
+        store.close()
+    now = now_ms()
+    echo_rows(COLUMNS, (v.values(now) for v in views), fmt)

@@ -1,0 +1,127 @@
+"""The fleet at a glance (`cloud devices`): each device's status, newest reading, health
+and config, ordered so that a stale or unhealthy one comes first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloud.fleet.config import ConfigView, views_from
+from cloud.fleet.messages import health_topic, parse_health
+from cloud.fleet.store import FLEET_FILTERS, Retained, RetainedStore, device_of
+from cloud.table import Row, query_readings
+from cloud.timeparse import iso_ms
+from device.errors import PayloadError
+from device.payload import status_topic
+
+COLUMNS = (
+    "sensor_id",
+    "status",
+    "last_seen",
+    "last_reading",
+    "reading_age_s",
+    "temperature",
+    "health_age_s",
+    "outbox_depth",
+    "oldest_unsent_age_s",
+    "dropped",
+    "read_errors",
+    "reconnects",
+    "clock_synced",
+    "config_version",
+    "desired_version",
+    "config",
+)
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    sensor_id: str
+    status: str  # online, offline, or unknown (no retained status)
+    status_ms: int | None  # when the broker stored the status, where it says (AWS)
+    reading: Row | None
+    health: Mapping[str, Any] | None
+    config: ConfigView
+
+    @property
+    def last_seen_ms(self) -> int | None:
+        """The newest sign of life: a reading, a health message or a status change."""
+        ts = self.health.get("ts") if self.health else None
+        times = [
+            t
+            for t in (self.reading.time_ms if self.reading else None, ts, self.status_ms)
+            if isinstance(t, int) and not isinstance(t, bool)
+        ]
+        return max(times) if times else None
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """Offline first, then no status, then the oldest newest reading (none is oldest)."""
+        rank = {"offline": 0, "unknown": 1}.get(self.status, 2)
+        return (rank, self.reading.time_ms if self.reading else -1, self.sensor_id)
+
+    def values(self, now_ms: int) -> tuple[Any, ...]:
+        health = self.health or {}
+        reported = self.config.reported or {}
+        seen = self.last_seen_ms
+        health_ts = health.get("ts")
+        return (
+            self.sensor_id,
+            self.status,
+            iso_ms(seen) if seen is not None else None,
+            iso_ms(self.reading.time_ms) if self.reading else None,
+            _age(now_ms, self.reading.time_ms if self.reading else None),
+            self.reading.temperature if self.reading else None,
+            _age(now_ms, health_ts if isinstance(health_ts, int) else None),
+            health.get("outbox_depth"),
+            health.get("oldest_unsent_age_s"),
+            health.get("dropped"),
+            health.get("read_errors"),
+            health.get("reconnects"),
+            health.get("clock_synced"),
+            reported.get("version", health.get("config_version")),
+            self.config.desired.version if self.config.desired else None,
+            self.config.state,
+        )
+
+
+def _age(now_ms: int, then_ms: int | None) -> float | None:
+    return None if then_ms is None else round(max(0, now_ms - then_ms) / 1000, 1)
+
+
+def _health(found: Mapping[str, Retained], sensor_id: str) -> Mapping[str, Any] | None:
+    retained = found.get(health_topic(sensor_id))
+    if retained is None:
+        return None
+    try:
+        return parse_health(retained.payload)
+    except PayloadError:
+        return None  # a device's garbled health says nothing; its other columns still do
+
+
+def fleet(store: RetainedStore, ddb: Any, table: str, also: Iterable[str] = ()) -> list[DeviceView]:
+    """Every device with a retained status, health or config (and those in `also`: on AWS
+    the things of the stack's policy), the most worrying first."""
+    found = store.read(FLEET_FILTERS)
+    ids = sorted({d[0] for t in found if (d := device_of(t))} | set(also))
+    configs = {v.sensor_id: v for v in views_from(found, ids)}
+    views = []
+    for sensor_id in ids:
+        status = found.get(status_topic(sensor_id))
+        text = status.payload.decode("utf-8", "replace").strip() if status else "unknown"
+        views.append(
+            DeviceView(
+                sensor_id,
+                text if text in ("online", "offline") else "unknown",
+                status.modified_ms if status else None,
+                next(iter(query_readings(ddb, table, sensor_id, limit=1)), None),
+                _health(found, sensor_id),
+                configs[sensor_id],
+            )
+        )
+    return sorted(views, key=DeviceView.sort_key)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
