@@ -1,0 +1,154 @@
+"""`cloud devices`: each device's status, newest reading, health and config, from the
+retained messages the devices keep and the table, the offline and stale ones first."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.aws import Endpoint
+from cloud.fleet.devices import COLUMNS
+from cloud.ingest.rule import to_item
+from cloud.local.mosquitto import Mosquitto
+from device.payload import Reading
+from tests.cloud.fleet import Cloud, local_target, retain
+from tests.conftest import BrokerFactory, Pki
+
+
+@pytest.fixture
+def broker(start_broker: BrokerFactory) -> Mosquitto:
+    """A broker of this test's own: `cloud devices` lists every device the broker knows."""
+    return start_broker()
+
+
+@pytest.fixture
+def cloud(
+    broker: Mosquitto,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cloud:
+    return local_target(broker, aws, table, pki, tmp_path, monkeypatch)
+
+
+def reading(aws: Endpoint, table: str, sensor_id: str, ts: int, temperature: float) -> None:
+    item = to_item(f"sensors/{sensor_id}/data", Reading(sensor_id, ts, 0, temperature).to_payload())
+    aws.client("dynamodb").put_item(TableName=table, Item=item)
+
+
+def health(sensor_id: str, ts: int, **fields: Any) -> dict[str, Any]:
+    body = {
+        "v": 1,
+        "sensor_id": sensor_id,
+        "ts": ts,
+        "agent_version": "0.1.0",
+        "uptime_s": 12.5,
+        "mqtt_version": "5",
+        "outbox_depth": 0,
+        "oldest_unsent_age_s": None,
+        "dropped": 0,
+        "read_errors": 0,
+        "reconnects": 0,
+        "clock_synced": True,
+        "peak_rss_kib": 30000,
+        "soc_temp_c": None,
+        "config_version": None,
+    }
+    return {**body, **fields}
+
+
+@pytest.fixture
+def fleet(broker: Mosquitto, pki: Pki, aws: Endpoint, table: str, device_id: str) -> list[str]:
+    """Three devices: `fresh` online with a reading a second old, its config in sync;
+    `stale` online, its reading an hour old, its outbox backing up, a config pending;
+    `gone` offline with a recent reading. Returned in the order `cloud devices` lists them."""
+    now = int(time.time() * 1000)
+    fresh, stale, gone = (f"{device_id}-{n}" for n in ("fresh", "stale", "gone"))
+    reading(aws, table, fresh, now - 1_000, 21.5)
+    reading(aws, table, stale, now - 3_600_000, 19.0)
+    reading(aws, table, gone, now - 2_000, 20.0)
+    retain(broker, pki, fresh, "status", b"online")
+    retain(broker, pki, stale, "status", b"online")
+    retain(broker, pki, gone, "status", b"offline")
+    retain(broker, pki, fresh, "health", health(fresh, now, config_version=1))
+    retain(
+        broker,
+        pki,
+        stale,
+        "health",
+        health(stale, now - 5_000, outbox_depth=240, oldest_unsent_age_s=3600.0, reconnects=7),
+    )
+    reported = {"v": 1, "sensor_id": fresh, "version": 1, "status": "applied", "applied": {}}
+    retain(broker, pki, fresh, "config/reported", {**reported, "overridden": []})
+    return [gone, stale, fresh]
+
+
+def test_devices_lists_status_health_and_config(
+    cloud: Cloud, fleet: list[str], broker: Mosquitto, pki: Pki
+) -> None:
+    gone, stale, fresh = fleet
+    # A desired config for two of them, as `cloud config set` makes it.
+    assert cloud("config", "set", "--id", fresh, "--id", stale, "interval=5").exit_code == 0
+    result = cloud("devices", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["sensor_id"] for r in rows] == fleet
+    by_id = {r["sensor_id"]: r for r in rows}
+    assert list(rows[0]) == list(COLUMNS)
+    assert [by_id[i]["status"] for i in fleet] == ["offline", "online", "online"]
+    assert by_id[fresh]["temperature"] == 21.5 and by_id[fresh]["reading_age_s"] < 60
+    assert 3590 < by_id[stale]["reading_age_s"] < 3700
+    assert (by_id[stale]["outbox_depth"], by_id[stale]["oldest_unsent_age_s"]) == (240, 3600.0)
+    assert by_id[stale]["reconnects"] == 7 and by_id[stale]["clock_synced"] is True
+    assert (by_id[fresh]["config_version"], by_id[fresh]["desired_version"]) == (1, 1)
+    assert by_id[fresh]["config"] == "in sync"
+    assert (by_id[stale]["config_version"], by_id[stale]["config"]) == (None, "pending")
+    assert (by_id[gone]["desired_version"], by_id[gone]["config"]) == (None, "no desired")
+    # No health from `gone`: its last sign of life is its reading.
+    assert by_id[gone]["outbox_depth"] is None
+    assert by_id[gone]["last_seen"] == by_id[gone]["last_reading"]
+
+
+def test_an_offline_device_sorts_first_even_with_the_newest_reading(
+    cloud: Cloud, fleet: list[str], broker: Mosquitto, pki: Pki
+) -> None:
+    gone, stale, fresh = fleet
+    result = cloud("devices", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["sensor_id"], r["status"]) for r in rows] == [
+        (gone, "offline"),
+        (stale, "online"),
+        (fresh, "online"),
+    ]
+    # It comes back: it sorts among the online ones by its reading's age.
+    retain(broker, pki, gone, "status", b"online")
+    rows = list(csv.DictReader(io.StringIO(cloud("devices", "--format", "csv").stdout)))
+    assert [r["sensor_id"] for r in rows] == [stale, gone, fresh]
+
+
+def test_devices_table(cloud: Cloud, fleet: list[str]) -> None:
+    result = cloud("devices")
+    assert result.exit_code == 0, result.output
+    header, rule, *lines = result.stdout.splitlines()
+    assert header.split() == list(COLUMNS)
+    assert set(rule) == {"-", " "}
+    assert [line.split()[:2] for line in lines] == [
+        [fleet[0], "offline"],
+        [fleet[1], "online"],
+        [fleet[2], "online"],
+    ]
+
+
+def test_no_device_yet_prints_the_header_only(cloud: Cloud) -> None:
+    result = cloud("devices", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [",".join(COLUMNS)]
