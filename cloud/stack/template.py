@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.export import layout
+from cloud.fleet.messages import config_desired_topic, config_reported_topic, health_topic
 from cloud.ingest.rule import TOPIC_FILTER, rejected_rule_sql, rule_sql
 from cloud.query import schema
 from cloud.stack import yaml_text
@@ -265,8 +266,15 @@ def _tls_only_policy(bucket: str) -> dict[str, Any]:
     }
 
 
+def _topic_filter_arn(topic_filter: str) -> dict[str, Any]:
+    return _sub(
+        "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:topicfilter/" + topic_filter
+    )
+
+
 def device_policy_document() -> dict[str, Any]:
-    """A thing may connect only as its own name and publish only its own two topics."""
+    """A thing may connect only as its own name, publish only its own readings, status,
+    reported config and health, and subscribe to and receive only its own desired config."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -281,20 +289,40 @@ def device_policy_document() -> dict[str, Any]:
                 "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
             },
             {
-                "Sid": "PublishOwnReadingsAndStatus",
+                "Sid": "PublishOwnReadingsStatusConfigAndHealth",
                 "Effect": "Allow",
                 "Action": "iot:Publish",
                 "Resource": [
                     _topic_arn(_device_topic(data_topic)),
                     _topic_arn(_device_topic(status_topic)),
+                    _topic_arn(_device_topic(config_reported_topic)),
+                    _topic_arn(_device_topic(health_topic)),
                 ],
             },
             {
-                # The retained online/offline status, including the retained last will.
-                "Sid": "RetainOwnStatus",
+                # The retained online/offline status (the retained last will too), reported
+                # config and health: IoT Core asks for RetainPublish beside Publish.
+                "Sid": "RetainOwnStatusConfigAndHealth",
                 "Effect": "Allow",
                 "Action": "iot:RetainPublish",
-                "Resource": _topic_arn(_device_topic(status_topic)),
+                "Resource": [
+                    _topic_arn(_device_topic(status_topic)),
+                    _topic_arn(_device_topic(config_reported_topic)),
+                    _topic_arn(_device_topic(health_topic)),
+                ],
+            },
+            {
+                # Its own desired config (retained, so it arrives on subscribing), no other.
+                "Sid": "SubscribeOwnDesiredConfig",
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": _topic_filter_arn(_device_topic(config_desired_topic)),
+            },
+            {
+                "Sid": "ReceiveOwnDesiredConfig",
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": _topic_arn(_device_topic(config_desired_topic)),
             },
         ],
     }

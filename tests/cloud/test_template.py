@@ -140,8 +140,18 @@ def test_device_policy_allows_only_its_own_client_id_and_topics():
         ("iot:Publish", f"{arn}:topic/sensors/{THING}/data"),
         ("iot:Publish", f"{arn}:topic/sensors/{THING}/status"),
         ("iot:RetainPublish", f"{arn}:topic/sensors/{THING}/status"),
+        # Issue 15: the device's reported config and health (retained), and its own desired
+        # config to subscribe to and receive, nothing of another thing's.
+        ("iot:Publish", f"{arn}:topic/sensors/{THING}/config/reported"),
+        ("iot:RetainPublish", f"{arn}:topic/sensors/{THING}/config/reported"),
+        ("iot:Publish", f"{arn}:topic/sensors/{THING}/health"),
+        ("iot:RetainPublish", f"{arn}:topic/sensors/{THING}/health"),
+        ("iot:Subscribe", f"{arn}:topicfilter/sensors/{THING}/config/desired"),
+        ("iot:Receive", f"{arn}:topic/sensors/{THING}/config/desired"),
     }
     assert not any("*" in action or "*" in resource for action, resource in allowed)
+    # MQTT wildcards would widen a topic filter beyond the thing's own.
+    assert not any("+" in resource or "#" in resource for _, resource in allowed)
 
 
 def test_rule_role_may_only_put_items_and_keep_failed_messages():
