@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cloud.local.mosquitto import Mosquitto
 from device.payload import (
     Desired,
@@ -63,7 +65,9 @@ def watch(subscribe: Callable[..., Subscriber], port: int, device_id: str) -> Su
     return subscribe(port, topics=(f"sensors/{device_id}/#",))
 
 
+@pytest.mark.parametrize("transport", ["paho", "awsiot"])
 def test_a_running_agent_takes_a_new_interval_without_a_restart(
+    transport: str,
     shared_broker: Mosquitto,
     subscribe: Callable[..., Subscriber],
     tls_args: Callable[[str], list[str]],
@@ -75,6 +79,8 @@ def test_a_running_agent_takes_a_new_interval_without_a_restart(
     # From the environment, which a remote config beats (a flag would not be beaten).
     agent = start_agent(
         *agent_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        "--transport",
+        transport,
         env={"DEVICE_AGENT_INTERVAL": "1.5"},
     )
     before = cloud.wait_readings(device_id, 2)
