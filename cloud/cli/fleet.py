@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 
 import click
+from botocore.exceptions import BotoCoreError
 
 from cloud import target as targets
 from cloud.cli import options
-from cloud.cli.errors import reports_errors
+from cloud.cli.errors import aws_error_line, reports_errors
 from cloud.cli.output import echo_rows
-from cloud.errors import ConfigError
+from cloud.errors import ConfigError, TableError
 from cloud.fleet import config as fleet_config
 from cloud.fleet.connect import known_devices, open_store, policy_things
-from cloud.fleet.devices import COLUMNS, fleet, now_ms
+from cloud.fleet.devices import COLUMNS, fleet, newest_reading, now_ms
 from cloud.fleet.settings import parse_settings
 from cloud.fleet.store import RetainedStore
+from cloud.table import Row
 from cloud.target import Target
 from device.errors import PayloadError
 from device.payload import check_sensor_id
@@ -161,11 +163,28 @@ def devices(fmt: str, stack_name: str, target: str | None, endpoint_url: str | N
     its last health (outbox, oldest unsent, dropped, reconnects, clock), the config version
     it applied and whether that is the desired one. Offline and stale devices come first."""
     chosen = targets.resolve(target, endpoint_url)
+    ddb = chosen.endpoint.client("dynamodb")
+    problems: list[str] = []
+
+    def newest(sensor_id: str) -> Row | None:
+        # The fleet is the report asked for: a table that cannot be read is one more line
+        # of it (as in `cloud status`), not the end of it.
+        if problems:
+            return None
+        try:
+            return newest_reading(ddb, chosen.table, sensor_id)
+        except TableError as exc:
+            problems.append(str(exc))
+        except BotoCoreError as exc:
+            problems.append(aws_error_line(exc))
+        return None
+
     store = open_store(chosen)
     try:
-        also = policy_things(chosen, stack_name)
-        views = fleet(store, chosen.endpoint.client("dynamodb"), chosen.table, also)
+        views = fleet(store, newest, policy_things(chosen, stack_name))
     finally:
         store.close()
     now = now_ms()
     echo_rows(COLUMNS, (v.values(now) for v in views), fmt)
+    for problem in problems:
+        click.echo(f"readings unknown: {problem}", err=True)

@@ -4,7 +4,7 @@ and config, ordered so that a stale or unhealthy one comes first."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +100,12 @@ def _health(found: Mapping[str, Retained], sensor_id: str) -> Mapping[str, Any] 
         return None  # a device's garbled health says nothing; its other columns still do
 
 
-def fleet(store: RetainedStore, ddb: Any, table: str, also: Iterable[str] = ()) -> list[DeviceView]:
+def fleet(
+    store: RetainedStore, newest: Callable[[str], Row | None], also: Iterable[str] = ()
+) -> list[DeviceView]:
     """Every device with a retained status, health or config (and those in `also`: on AWS
-    the things of the stack's policy), the most worrying first."""
+    the things of the stack's policy), the most worrying first; `newest(id)` is a device's
+    newest reading (`newest_reading`)."""
     found = store.read(FLEET_FILTERS)
     ids = sorted({d[0] for t in found if (d := device_of(t))} | set(also))
     configs = {v.sensor_id: v for v in views_from(found, ids)}
@@ -115,12 +118,16 @@ def fleet(store: RetainedStore, ddb: Any, table: str, also: Iterable[str] = ()) 
                 sensor_id,
                 text if text in ("online", "offline") else "unknown",
                 status.modified_ms if status else None,
-                next(iter(query_readings(ddb, table, sensor_id, limit=1)), None),
+                newest(sensor_id),
                 _health(found, sensor_id),
                 configs[sensor_id],
             )
         )
     return sorted(views, key=DeviceView.sort_key)
+
+
+def newest_reading(ddb: Any, table: str, sensor_id: str) -> Row | None:
+    return next(iter(query_readings(ddb, table, sensor_id, limit=1)), None)
 
 
 def now_ms() -> int:

@@ -152,3 +152,22 @@ def test_no_device_yet_prints_the_header_only(cloud: Cloud) -> None:
     result = cloud("devices", "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [",".join(COLUMNS)]
+
+
+def test_a_table_that_cannot_be_read_is_one_line_after_the_fleet(
+    broker: Mosquitto,
+    aws: Endpoint,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    device_id: str,
+) -> None:
+    cloud = local_target(broker, aws, "NoSuchTable", pki, tmp_path, monkeypatch)
+    retain(broker, pki, device_id, "status", b"online")
+    result = cloud("devices", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(io.StringIO(result.stdout))
+    assert (row["sensor_id"], row["status"], row["last_reading"]) == (device_id, "online", "")
+    assert result.stderr.splitlines() == [
+        "readings unknown: table NoSuchTable not found; is the stack up?"
+    ]
