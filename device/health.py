@@ -75,6 +75,7 @@ class HealthReporter:
         self._sent_at: float | None = None
         self._sent_marks: tuple[object, ...] | None = None
         self._next_look = 0.0
+        self._next_try = 0.0
         self._clock_synced: bool | None = None
 
     def connection(self, up: bool) -> None:
@@ -93,20 +94,23 @@ class HealthReporter:
                 self._config_version())  # fmt: skip
 
     def tick(self, interval: float, connected: bool) -> float:
-        """Send a message if one is due; return the seconds until the next look."""
+        """Send a message if one is due; return the seconds until the next is due."""
         now = self._clock()
         if not connected:
             return interval  # a reconnect is a change: one goes out soon after it
-        if now < self._next_look:
-            return self._next_look - now
-        self._next_look = now + MIN_GAP_S
-        # adjtimex is a system call: once a second at most.
-        self._clock_synced = self._wall.synchronized()
-        due = self._sent_at is None or now - self._sent_at >= interval
-        if due or self._marks() != self._sent_marks:
-            self._send(now)
-        until_due = interval if self._sent_at is None else self._sent_at + interval - now
-        return max(MIN_GAP_S, until_due)
+        if now >= self._next_look:
+            # adjtimex is a system call: once a second at most.
+            self._next_look = now + MIN_GAP_S
+            self._clock_synced = self._wall.synchronized()
+        due = now if self._sent_at is None else self._sent_at + interval
+        if self._marks() != self._sent_marks:
+            due = min(due, now if self._sent_at is None else self._sent_at + MIN_GAP_S)
+        due = max(due, self._next_try)
+        if now >= due:
+            # Not sent (the link just went): the next try waits, rather than spin.
+            self._next_try = now + MIN_GAP_S
+            due = now + interval if self._send(now) else self._next_try
+        return max(0.0, due - now)
 
     def health(self) -> Health:
         now_ms = self._wall.now_ms()
@@ -134,7 +138,9 @@ class HealthReporter:
             config_version=self._config_version(),
         )
 
-    def _send(self, now: float) -> None:
+    def _send(self, now: float) -> bool:
         marks = self._marks()
-        if self._transport.publish_state(self._topic, encode_health(self.health())):
-            self._sent_at, self._sent_marks = now, marks
+        if not self._transport.publish_state(self._topic, encode_health(self.health())):
+            return False
+        self._sent_at, self._sent_marks = now, marks
+        return True

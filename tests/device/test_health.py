@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloud.local.mosquitto import Mosquitto
-from device.payload import HEALTH_FIELDS, health_topic, parse_health
+from device.payload import (
+    HEALTH_FIELDS,
+    Desired,
+    config_desired_topic,
+    encode_desired,
+    health_topic,
+    parse_health,
+)
 from tests.mqtt import Received, Subscriber, finish, start_agent
 
 #: The contract's fields (docs: the issue 15 contract), written out so a rename shows.
@@ -61,3 +68,32 @@ def test_health_messages_carry_every_field_and_show_the_outbox_growing(
     assert bodies[-1]["oldest_unsent_age_s"] > 0
     assert bodies[-1]["uptime_s"] > bodies[0]["uptime_s"]
     assert bodies[-1]["config_version"] is None, "no remote config yet"
+
+
+def test_a_new_remote_config_is_in_the_next_health_message_soon_not_a_minute_later(
+    shared_broker: Mosquitto,
+    subscribe: Callable[..., Subscriber],
+    tls_args: Callable[[str], list[str]],
+    device_id: str,
+    tmp_path: Path,
+) -> None:
+    port = shared_broker.config.port
+    topic = health_topic(device_id)
+    cloud = subscribe(port, topics=(topic,))
+    # health_interval is the default minute: the second message comes for the change.
+    agent = start_agent(
+        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id),
+        "--outbox", str(tmp_path / "outbox.sqlite"), "--flush-timeout", "0",
+    )  # fmt: skip
+
+    def versions(ms: list[Received]) -> list[object]:
+        return [json.loads(m.payload)["config_version"] for m in ms if m.topic == topic]
+
+    cloud.wait_for(lambda ms: versions(ms) == [None])  # the first, at connect
+    desired = encode_desired(Desired(1, {"interval": 2}))
+    cloud.mqtt.client.publish(config_desired_topic(device_id), desired, 1, True).wait_for_publish(5)
+    cloud.wait_for(lambda ms: versions(ms)[-1:] == [1], timeout=20)
+    agent.send_signal(signal.SIGTERM)
+    code, _, err = finish(agent)
+    assert code == 0, err
+    assert versions(cloud.messages) == [None, 1], "one at connect, one for the change"
