@@ -107,7 +107,9 @@ def set_(
     finally:
         store.close()
     for sensor_id, desired in zip(sorted(set(ids)), made, strict=True):
-        click.echo(f"{sensor_id}: desired version {desired.version} {json.dumps(desired.settings)}")
+        click.echo(
+            f"{sensor_id}: desired version {desired.version} {json.dumps(dict(desired.settings))}"
+        )
 
 
 @config.command("show")
@@ -137,17 +139,17 @@ def show(
         store.close()
     rows = []
     for view in views:
-        reported = view.reported or {}
+        reported = view.reported
         rows.append(
             (
                 view.sensor_id,
                 view.desired.version if view.desired else None,
-                reported.get("version"),
+                reported.version if reported else None,
                 view.state,
-                view.desired.settings if view.desired else None,
-                reported.get("applied"),
-                reported.get("overridden"),
-                reported.get("error"),
+                dict(view.desired.settings) if view.desired else None,
+                dict(reported.applied) if reported else None,
+                list(reported.overridden) if reported else None,
+                reported.error if reported else view.unreadable,
             )
         )
     echo_rows(CONFIG_COLUMNS, rows, fmt)

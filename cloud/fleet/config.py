@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.fleet.errors import FleetError
-from cloud.fleet.messages import (
+from cloud.fleet.store import Retained, RetainedStore
+from device.errors import PayloadError
+from device.payload import (
     Desired,
+    Reported,
     config_desired_topic,
     config_reported_topic,
     encode_desired,
     parse_desired,
     parse_reported,
 )
-from cloud.fleet.store import Retained, RetainedStore
-from device.errors import PayloadError
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,22 @@ class ConfigView:
 
     sensor_id: str
     desired: Desired | None
-    reported: Mapping[str, Any] | None
+    reported: Reported | None
+    #: Why the retained reported config could not be read, when it could not.
+    unreadable: str | None = None
 
     @property
     def state(self) -> str:
-        """in sync (the desired version applied), refused, pending (not reported yet), or
-        "no desired" (nothing was ever set)."""
+        """in sync (the desired version applied), refused, pending (not reported yet),
+        "no desired" (nothing was ever set), or unreadable (a reported config we cannot
+        read)."""
+        if self.unreadable is not None:
+            return "unreadable"
         if self.desired is None:
             return "no desired"
-        if self.reported is None or self.reported.get("version") != self.desired.version:
+        if self.reported is None or self.reported.version != self.desired.version:
             return "pending"
-        return "in sync" if self.reported.get("status") == "applied" else "refused"
+        return "in sync" if self.reported.status == "applied" else "refused"
 
 
 def _desired(sensor_id: str, found: Mapping[str, Retained]) -> Desired | None:
@@ -52,15 +58,16 @@ def _desired(sensor_id: str, found: Mapping[str, Retained]) -> Desired | None:
         ) from None
 
 
-def _reported(found: Mapping[str, Retained], sensor_id: str) -> Mapping[str, Any] | None:
+def _view(sensor_id: str, found: Mapping[str, Retained]) -> ConfigView:
+    desired = _desired(sensor_id, found)
     retained = found.get(config_reported_topic(sensor_id))
     if retained is None:
-        return None
+        return ConfigView(sensor_id, desired, None)
     try:
-        return parse_reported(retained.payload)
+        return ConfigView(sensor_id, desired, parse_reported(retained.payload, sensor_id))
     except PayloadError as exc:
-        # Shown as the device's error: the desired side is still worth seeing.
-        return {"status": "unreadable", "error": str(exc)}
+        # Shown, not raised: the desired side and the other devices are still worth seeing.
+        return ConfigView(sensor_id, desired, None, str(exc))
 
 
 def set_config(
@@ -74,7 +81,7 @@ def set_config(
     for sensor_id in ids:
         current = _desired(sensor_id, found)
         version = 1 if current is None else current.version + 1
-        merged = {**(current.settings if current else {}), **settings}
+        merged = {**(dict(current.settings) if current else {}), **settings}
         made.append((sensor_id, Desired(version, merged)))
     for sensor_id, desired in made:
         store.publish(config_desired_topic(sensor_id), encode_desired(desired))
@@ -89,4 +96,4 @@ def config_views(store: RetainedStore, sensor_ids: Iterable[str]) -> list[Config
 
 def views_from(found: Mapping[str, Retained], sensor_ids: Iterable[str]) -> list[ConfigView]:
     """The config views of retained messages already read (`cloud devices` reads them all)."""
-    return [ConfigView(i, _desired(i, found), _reported(found, i)) for i in sensor_ids]
+    return [_view(i, found) for i in sensor_ids]

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.fleet.config import ConfigView, views_from
-from cloud.fleet.messages import health_topic, parse_health
 from cloud.fleet.store import FLEET_FILTERS, Retained, RetainedStore, device_of
 from cloud.table import Row, query_readings
 from cloud.timeparse import iso_ms
 from device.errors import PayloadError
-from device.payload import status_topic
+from device.payload import Health, health_topic, parse_health, status_topic
 
 COLUMNS = (
     "sensor_id",
@@ -42,17 +41,17 @@ class DeviceView:
     status: str  # online, offline, or unknown (no retained status)
     status_ms: int | None  # when the broker stored the status, where it says (AWS)
     reading: Row | None
-    health: Mapping[str, Any] | None
+    health: Health | None
     config: ConfigView
 
     @property
     def last_seen_ms(self) -> int | None:
         """The newest sign of life: a reading, a health message or a status change."""
-        ts = self.health.get("ts") if self.health else None
+        ts = self.health.ts if self.health else None
         times = [
             t
             for t in (self.reading.time_ms if self.reading else None, ts, self.status_ms)
-            if isinstance(t, int) and not isinstance(t, bool)
+            if t is not None
         ]
         return max(times) if times else None
 
@@ -62,27 +61,27 @@ class DeviceView:
         return (rank, self.reading.time_ms if self.reading else -1, self.sensor_id)
 
     def values(self, now_ms: int) -> tuple[Any, ...]:
-        health = self.health or {}
-        reported = self.config.reported or {}
+        """The row of COLUMNS."""
+        h, reading, config = self.health, self.reading, self.config
         seen = self.last_seen_ms
-        health_ts = health.get("ts")
+        applied = config.reported.version if config.reported else None
         return (
             self.sensor_id,
             self.status,
             iso_ms(seen) if seen is not None else None,
-            iso_ms(self.reading.time_ms) if self.reading else None,
-            _age(now_ms, self.reading.time_ms if self.reading else None),
-            self.reading.temperature if self.reading else None,
-            _age(now_ms, health_ts if isinstance(health_ts, int) else None),
-            health.get("outbox_depth"),
-            health.get("oldest_unsent_age_s"),
-            health.get("dropped"),
-            health.get("read_errors"),
-            health.get("reconnects"),
-            health.get("clock_synced"),
-            reported.get("version", health.get("config_version")),
-            self.config.desired.version if self.config.desired else None,
-            self.config.state,
+            iso_ms(reading.time_ms) if reading else None,
+            _age(now_ms, reading.time_ms if reading else None),
+            reading.temperature if reading else None,
+            _age(now_ms, h.ts if h else None),
+            h.outbox_depth if h else None,
+            h.oldest_unsent_age_s if h else None,
+            h.dropped if h else None,
+            h.read_errors if h else None,
+            h.reconnects if h else None,
+            h.clock_synced if h else None,
+            applied if applied is not None else (h.config_version if h else None),
+            config.desired.version if config.desired else None,
+            config.state,
         )
 
 
@@ -90,12 +89,12 @@ def _age(now_ms: int, then_ms: int | None) -> float | None:
     return None if then_ms is None else round(max(0, now_ms - then_ms) / 1000, 1)
 
 
-def _health(found: Mapping[str, Retained], sensor_id: str) -> Mapping[str, Any] | None:
+def _health(found: Mapping[str, Retained], sensor_id: str) -> Health | None:
     retained = found.get(health_topic(sensor_id))
     if retained is None:
         return None
     try:
-        return parse_health(retained.payload)
+        return parse_health(retained.payload, sensor_id)
     except PayloadError:
         return None  # a device's garbled health says nothing; its other columns still do
 

@@ -22,12 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from cloud.export import layout
-from cloud.fleet.messages import config_desired_topic, config_reported_topic, health_topic
 from cloud.ingest.rule import TOPIC_FILTER, rejected_rule_sql, rule_sql
 from cloud.query import schema
 from cloud.stack import yaml_text
 from cloud.table import ATTRIBUTES, KEY_SCHEMA
-from device.payload import data_topic, status_topic
+from device.payload import (
+    config_desired_topic,
+    config_reported_topic,
+    data_topic,
+    health_topic,
+    status_topic,
+)
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "cloudformation" / "sensor-pipeline.yaml"
 DESCRIPTION = (

@@ -538,7 +538,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], dict[str, str], int, str]] = [
     (("cloud", "provision", "--id", "a/b"), {}, 2, "Invalid value for --id"),
     (("cloud", "local", "up", "--mqtt-port", "0"), {}, 2, "Invalid value for '--mqtt-port'"),
     (("cloud", "config", "set", "qos=1"), {}, 2, "give --id ID (one or more) or --all"),
-    (("cloud", "config", "set", "--id", "s", "colour=red"), {}, 2, "unknown setting 'colour'"),
+    (("cloud", "config", "set", "--id", "s", "colour=red"), {}, 2, "unknown setting colour"),
     (("cloud", "config", "set", "--id", "s"), {}, 2, "Missing argument 'KEY=VALUE...'"),
     (("cloud", "config", "show"), {}, 2, "give --id ID (one or more) or --all"),
     (("cloud", "devices", "--format", "xml"), {}, 2, "Invalid value for '--format'"),

@@ -16,7 +16,7 @@ from cloud.aws import Endpoint
 from cloud.fleet.devices import COLUMNS
 from cloud.ingest.rule import to_item
 from cloud.local.mosquitto import Mosquitto
-from device.payload import Reading
+from device.payload import Health, Reading, Reported, encode_health, encode_reported
 from tests.cloud.fleet import Cloud, local_target, retain
 from tests.conftest import BrokerFactory, Pki
 
@@ -44,9 +44,9 @@ def reading(aws: Endpoint, table: str, sensor_id: str, ts: int, temperature: flo
     aws.client("dynamodb").put_item(TableName=table, Item=item)
 
 
-def health(sensor_id: str, ts: int, **fields: Any) -> dict[str, Any]:
-    body = {
-        "v": 1,
+def health(sensor_id: str, ts: int, **fields: Any) -> bytes:
+    """A health message as the agent encodes it."""
+    values: dict[str, Any] = {
         "sensor_id": sensor_id,
         "ts": ts,
         "agent_version": "0.1.0",
@@ -62,7 +62,7 @@ def health(sensor_id: str, ts: int, **fields: Any) -> dict[str, Any]:
         "soc_temp_c": None,
         "config_version": None,
     }
-    return {**body, **fields}
+    return encode_health(Health(**{**values, **fields}))
 
 
 @pytest.fixture
@@ -86,8 +86,8 @@ def fleet(broker: Mosquitto, pki: Pki, aws: Endpoint, table: str, device_id: str
         "health",
         health(stale, now - 5_000, outbox_depth=240, oldest_unsent_age_s=3600.0, reconnects=7),
     )
-    reported = {"v": 1, "sensor_id": fresh, "version": 1, "status": "applied", "applied": {}}
-    retain(broker, pki, fresh, "config/reported", {**reported, "overridden": []})
+    reported = encode_reported(Reported(fresh, 1, "applied", {"interval": 5.0}))
+    retain(broker, pki, fresh, "config/reported", reported)
     return [gone, stale, fresh]
 
 

@@ -11,6 +11,7 @@ import pytest
 from cloud.aws import Endpoint
 from cloud.fleet.iot_store import IotDataStore
 from cloud.local.mosquitto import Mosquitto
+from device.payload import Reported, encode_reported
 from tests.cloud.fleet import Cloud, local_target, retain, retained
 from tests.conftest import BrokerFactory, Pki
 
@@ -43,37 +44,26 @@ def test_set_then_show_round_trip(
     result = cloud("config", "set", "--id", device_id, "interval=10", "sensor=bme280")
     assert result.exit_code == 0, result.output
     assert (
-        result.stdout == f'{device_id}: desired version 1 {{"interval": 10, "sensor": "bme280"}}\n'
+        result.stdout
+        == f'{device_id}: desired version 1 {{"interval": 10.0, "sensor": "bme280"}}\n'
     )
     assert desired_of(shared_broker, pki, device_id) == [
-        {"v": 1, "version": 1, "settings": {"interval": 10, "sensor": "bme280"}}
+        {"v": 1, "version": 1, "settings": {"interval": 10.0, "sensor": "bme280"}}
     ]
     (row,) = show(cloud, "--id", device_id)
     assert row["desired_version"] == 1 and row["reported_version"] is None
     assert row["state"] == "pending"
 
     # The device applies it, but its own --interval flag keeps the interval it was given.
-    retain(
-        shared_broker,
-        pki,
-        device_id,
-        "config/reported",
-        {
-            "v": 1,
-            "sensor_id": device_id,
-            "version": 1,
-            "status": "applied",
-            "applied": {"sensor": "bme280"},
-            "overridden": ["interval"],
-        },
-    )
+    reported = Reported(device_id, 1, "applied", {"sensor": "bme280"}, overridden=("interval",))
+    retain(shared_broker, pki, device_id, "config/reported", encode_reported(reported))
     (row,) = show(cloud, "--id", device_id)
     assert row == {
         "sensor_id": device_id,
         "desired_version": 1,
         "reported_version": 1,
         "state": "in sync",
-        "desired": {"interval": 10, "sensor": "bme280"},
+        "desired": {"interval": 10.0, "sensor": "bme280"},
         "applied": {"sensor": "bme280"},
         "overridden": ["interval"],
         "error": None,
@@ -92,23 +82,12 @@ def test_each_set_merges_and_bumps_the_version(
     result = cloud("config", "set", "--id", device_id, "qos=0", "i2c_address=0x77")
     assert result.exit_code == 0, result.output
     assert desired_of(shared_broker, pki, device_id) == [
-        {"v": 1, "version": 2, "settings": {"interval": 10, "qos": 0, "i2c_address": 0x77}}
+        {"v": 1, "version": 2, "settings": {"interval": 10.0, "qos": 0, "i2c_address": 0x77}}
     ]
-    retain(
-        shared_broker,
-        pki,
-        device_id,
-        "config/reported",
-        {
-            "v": 1,
-            "sensor_id": device_id,
-            "version": 2,
-            "status": "refused",
-            "applied": {"interval": 10, "qos": 1},
-            "error": "i2c_address: no BME280 at 0x77",
-            "overridden": [],
-        },
+    refused = Reported(
+        device_id, 2, "refused", {"interval": 10.0, "qos": 1}, "i2c_address: no BME280 at 0x77"
     )
+    retain(shared_broker, pki, device_id, "config/reported", encode_reported(refused))
     (row,) = show(cloud, "--id", device_id)
     assert (row["desired_version"], row["reported_version"], row["state"]) == (2, 2, "refused")
     assert row["error"] == "i2c_address: no BME280 at 0x77"
@@ -116,6 +95,9 @@ def test_each_set_merges_and_bumps_the_version(
     (row,) = show(cloud, "--id", device_id)
     assert (row["desired_version"], row["state"]) == (3, "pending")
     assert row["desired"] == {"interval": 2.5, "qos": 0, "i2c_address": 0x77}
+    # The device's own rules refuse a value before it is published.
+    result = cloud("config", "set", "--id", device_id, "qos=2")
+    assert result.exit_code == 2 and "'2' is not one of 0, 1" in result.stderr
 
 
 def test_all_sets_every_device_the_broker_knows(
@@ -149,8 +131,10 @@ def test_all_sets_every_device_the_broker_knows(
     [
         ("interval", "'interval' is not KEY=VALUE"),
         ("interval=", "interval has no value"),
-        ("colour=red", "unknown setting 'colour'"),
+        ("colour=red", "unknown setting colour"),
+        ("interval=soon", "'soon' is not a valid float for interval"),
         ("interval=nan", "'nan' is not a finite number"),
+        ("sensor=thermocouple", "'thermocouple' is not one of simulated, cpu"),
     ],
 )
 def test_a_bad_setting_is_refused_and_nothing_is_published(
