@@ -9,7 +9,18 @@ import pytest
 
 from device.columns import TS_MAX_MS, TS_MIN_MS
 from device.errors import PayloadError
-from device.payload import Reading, parse_payload
+from device.payload import (
+    Desired,
+    Reading,
+    Reported,
+    encode_desired,
+    encode_health,
+    encode_reported,
+    parse_desired,
+    parse_health,
+    parse_payload,
+    parse_reported,
+)
 
 
 def test_round_trip_keeps_every_field():
@@ -97,3 +108,62 @@ def test_ts_range_holds_its_ends_and_the_exporter_can_make_dates_of_them(ts: int
     assert reading.ts == ts
     year = dt.datetime.fromtimestamp(ts / 1000, dt.UTC).year
     assert year in (2000, 2099)
+
+
+# -- the fleet's state messages: desired and reported config, health ------------------------
+
+HEALTH = {
+    "v": 1,
+    "sensor_id": "s1",
+    "ts": 1_764_345_600_000,
+    "agent_version": "0.1.0",
+    "uptime_s": 12.5,
+    "mqtt_version": "5",
+    "outbox_depth": 3,
+    "oldest_unsent_age_s": 1.5,
+    "dropped": 0,
+    "read_errors": 1,
+    "reconnects": 2,
+    "clock_synced": True,
+    "peak_rss_kib": 39_700,
+    "soc_temp_c": None,
+    "config_version": 4,
+}
+
+
+def test_desired_reported_and_health_survive_their_encoding():
+    desired = Desired(3, {"interval": 10.0, "sensor": "bme280"})
+    assert parse_desired(encode_desired(desired)) == desired
+    reported = Reported("s1", 3, "refused", {"interval": 5.0}, "interval: must be at least 0")
+    assert parse_reported(encode_reported(reported), "s1") == reported
+    health = parse_health(json.dumps(HEALTH).encode(), "s1")
+    assert json.loads(encode_health(health)) == HEALTH
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"v": 1, "version": 0, "settings": {}}', "version out of range"),
+        (b'{"v": 1, "version": 2}', "bad desired config"),
+        (b'{"v": 1, "version": 2, "settings": {"interval": [1]}}', "bad settings"),
+        (b'{"v": 1, "version": 2, "settings": {}, "extra": 1}', "bad desired config"),
+        (b"[]", None),
+        (b'{"v": 1, "version": 2, "settings": {"x": "' + b"a" * 5000 + b'"}}', "oversize payload"),
+    ],
+)
+def test_a_desired_config_that_is_not_one_is_refused_with_a_short_reason(payload, reason):
+    with pytest.raises(PayloadError) as err:
+        parse_desired(payload)
+    if reason is not None:
+        assert err.value.reason == reason
+
+
+def test_health_from_another_device_or_missing_a_field_is_refused():
+    body = json.dumps(HEALTH).encode()
+    with pytest.raises(PayloadError, match="sensor_id differs from topic"):
+        parse_health(body, "s2")
+    partial = {k: v for k, v in HEALTH.items() if k != "outbox_depth"}
+    with pytest.raises(PayloadError, match="missing outbox_depth"):
+        parse_health(json.dumps(partial).encode(), "s1")
+    with pytest.raises(PayloadError):
+        parse_health(json.dumps({**HEALTH, "mqtt_version": "4"}).encode(), "s1")
