@@ -129,7 +129,7 @@ def show(
 ) -> None:
     """Each device's desired config beside what it reported: version, status, the settings
     applied, the error of a refused one, the settings its own flags override, and whether
-    the two are in sync (in sync, pending, refused, or no desired)."""
+    the two are in sync (in sync, pending, refused, no desired, or unreadable)."""
     _chosen_ids(sensor_ids, every)
     chosen = targets.resolve(target, endpoint_url)
     store = open_store(chosen)
