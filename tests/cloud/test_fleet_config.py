@@ -4,6 +4,8 @@ beside what the device reported; bad settings refused before anything is publish
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,10 @@ import pytest
 from cloud.aws import Endpoint
 from cloud.fleet.iot_store import IotDataStore
 from cloud.local.mosquitto import Mosquitto
-from device.payload import Reported, encode_reported
+from device.payload import Reported, encode_reported, parse_health, parse_reported
 from tests.cloud.fleet import Cloud, local_target, retain, retained
 from tests.conftest import BrokerFactory, Pki
+from tests.mqtt import Subscriber, finish, start_agent
 
 
 @pytest.fixture
@@ -163,3 +166,50 @@ def test_publish_on_aws_through_moto(aws: Endpoint, device_id: str) -> None:
         store.publish(f"sensors/{device_id}/config/desired", b'{"v":1,"version":1,"settings":{}}')
     finally:
         store.close()
+
+
+def test_the_real_agent_applies_what_config_set_publishes(
+    cloud: Cloud,
+    shared_broker: Mosquitto,
+    subscribe: Callable[..., Subscriber],
+    tls_args: Callable[[str], list[str]],
+    device_id: str,
+    tmp_path: Path,
+) -> None:
+    """The whole loop with the agent itself: `config set`, the agent applies it (its
+    --sensor flag wins and is reported overridden), `config show` and `devices` say so."""
+    port = shared_broker.config.port
+    watcher = subscribe(port, topics=(f"sensors/{device_id}/#",))
+    reported_topic = f"sensors/{device_id}/config/reported"
+    agent = start_agent(
+        *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id)),
+        *("--outbox", str(tmp_path / "outbox.sqlite"), "--interval", "0.5"),
+        *("--sensor", "simulated"),
+    )
+    watcher.wait_readings(device_id, 1)
+    result = cloud("config", "set", "--id", device_id, "health_interval=2", "sensor=cpu")
+    assert result.exit_code == 0, result.output
+    watcher.wait_for(
+        lambda ms: any(
+            m.topic == reported_topic and parse_reported(m.payload).version == 1 for m in ms
+        )
+    )
+    (row,) = show(cloud, "--id", device_id)
+    assert (row["desired_version"], row["reported_version"], row["state"]) == (1, 1, "in sync")
+    assert row["applied"] == {"health_interval": 2.0}
+    assert row["overridden"] == ["sensor"]
+    # Its next health message carries the version it applied.
+    health_topic = f"sensors/{device_id}/health"
+    watcher.wait_for(
+        lambda ms: any(
+            m.topic == health_topic and parse_health(m.payload).config_version == 1 for m in ms
+        )
+    )
+    result = cloud("devices", "--format", "json")
+    rows = {r["sensor_id"]: r for r in map(json.loads, result.stdout.splitlines())}
+    mine = rows[device_id]
+    assert (mine["status"], mine["config_version"], mine["config"]) == ("online", 1, "in sync")
+    assert mine["outbox_depth"] is not None and mine["clock_synced"] is not None
+    agent.send_signal(signal.SIGTERM)
+    code, _, err = finish(agent)
+    assert code == 0, err
