@@ -20,6 +20,7 @@ from cloud.fleet.settings import parse_settings
 from cloud.fleet.store import RetainedStore
 from cloud.table import Row
 from cloud.target import Target
+from device.config import REMOTE_SETTINGS
 from device.errors import PayloadError
 from device.payload import check_sensor_id
 
@@ -72,7 +73,13 @@ def config() -> None:
     """Devices' remote configuration: the desired settings, and what each device applied."""
 
 
-@config.command("set")
+@config.command(
+    "set",
+    help="Merge KEY=VALUE settings into each device's desired config and publish it "
+    "(retained, the next version); the device applies it without a restart and reports "
+    f"back.\n\nSettings: {', '.join(REMOTE_SETTINGS)}. A flag given to the device agent wins "
+    "over them (`config show` lists it as overridden).",
+)
 @ids_option
 @all_option
 @click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
@@ -87,13 +94,6 @@ def set_(
     target: str | None,
     endpoint_url: str | None,
 ) -> None:
-    """Merge KEY=VALUE settings into each device's desired config and publish it (retained,
-    the next version); the device applies it without a restart and reports back.
-
-    Settings: interval, sensor, health_interval, qos, pin, w1_id, i2c_address,
-    receipt_timeout. A flag given to the device agent wins over them (`config show` lists
-    it as overridden).
-    """
     _chosen_ids(sensor_ids, every)
     try:
         values = parse_settings(settings)
