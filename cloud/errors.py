@@ -73,6 +73,11 @@ class QueryError(PipelineError):
     """A query cannot run or failed; `code` is the engine's error class or AWS's state/code."""
 
 
+class FleetError(PipelineError):
+    """The broker or AWS IoT cannot be reached, or refused to show or keep a device's
+    retained messages (cloud config, cloud devices); the message says which and what to do."""
+
+
 class PlotError(PipelineError):
     """Nothing to plot, or the image cannot be written."""
 

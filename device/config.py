@@ -6,6 +6,7 @@ Each value remembers where it came from, so an error can say "--interval" or
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tomllib
@@ -190,7 +191,10 @@ def _convert(name: str, raw: Any, source: str, kind: type) -> Any:
             return int(raw, 0)
         if kind is int and isinstance(raw, bool | float):
             raise ValueError(raw)
-        return kind(raw)
+        value = kind(raw)
+        if kind is float and not math.isfinite(value):
+            raise ValueError(raw)  # nan passes every minimum; inf would wait forever
+        return value
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {raw!r} is not a valid {kind.__name__} for {name}") from None
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.fleet.errors import FleetError
+from cloud.errors import FleetError
 from cloud.fleet.store import Retained, RetainedStore
 from device.errors import PayloadError
 from device.payload import (

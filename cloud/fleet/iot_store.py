@@ -14,8 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cloud.aws import Endpoint
-from cloud.errors import aws_code, aws_message
-from cloud.fleet.errors import FleetError
+from cloud.errors import FleetError, aws_code, aws_message
 from cloud.fleet.store import Retained, matches
 from cloud.stack.status import iot_data_endpoint
 

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud.fleet.errors import FleetError
+from cloud.errors import FleetError
 from cloud.fleet.store import Retained, matches
 from cloud.identity.local_ca import Identity
 from device.payload import receipt_topic

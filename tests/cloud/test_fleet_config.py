@@ -136,7 +136,7 @@ def test_all_sets_every_device_the_broker_knows(
         ("interval=", "interval has no value"),
         ("colour=red", "unknown setting colour"),
         ("interval=soon", "'soon' is not a valid float for interval"),
-        ("interval=nan", "'nan' is not a finite number"),
+        ("interval=nan", "'nan' is not a valid float for interval"),
         ("sensor=thermocouple", "'thermocouple' is not one of simulated, cpu"),
     ],
 )

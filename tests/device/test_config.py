@@ -45,3 +45,11 @@ def test_the_systemd_unit_runs_the_agent_for_its_instance_name():
     unit = (REPO / "config" / "device-agent@.service").read_text()
     assert "device-agent --id %i --config /etc/device-agent/%i.toml" in unit
     assert "StateDirectory=device-agent" in unit
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_setting_must_be_finite(value: str):
+    with pytest.raises(ConfigError, match=f"'{value}' is not a valid float for interval"):
+        load_config(
+            "s1", {}, environ={"DEVICE_AGENT_INTERVAL": value, "DEVICE_AGENT_BROKER": "mqtt://h:1"}
+        )
