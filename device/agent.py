@@ -9,6 +9,10 @@ receipts, failures, connection changes) through a queue, so all outbox writes ha
 A simulated fleet runs many agents, and their transports, on one thread (device.fleet).
 A remote config (device.remote_config) comes through the same queue and is put in force
 between two turns; health messages (device.health) go out from this thread too.
+
+The module runs a little past the usual length: what it keeps is the loop's own state
+(readings held for the clock, in flight, to resend), which every step reads and writes;
+the parts with an interface of their own are the modules named above.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`cloud`: the command line over the cloud package. Parsing and error reporting only.
 
 The group is here; its commands are in a module each by what they drive (`local`,
-`status`, `identity`, `ingest`, `data`, `export`, `query`, `aws`), with the options they
+`status`, `identity`, `ingest`, `data`, `export`, `query`, `fleet`, `aws`), with the options they
 share in `options` and everything they print as rows in `output`.
 """
 
