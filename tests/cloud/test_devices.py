@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from cloud.aws import Endpoint
 from cloud.fleet.devices import COLUMNS
 from cloud.ingest.rule import to_item
 from cloud.local.mosquitto import Mosquitto
-from device.payload import Health, Reading, Reported, encode_health, encode_reported
+from device.payload import Health, Reading, Reported, encode_health, encode_reported, parse_health
 from tests.cloud.fleet import Cloud, local_target, retain
 from tests.conftest import BrokerFactory, Pki
+from tests.mqtt import Subscriber, start_agent
 
 
 @pytest.fixture
@@ -171,3 +173,53 @@ def test_a_table_that_cannot_be_read_is_one_line_after_the_fleet(
     assert result.stderr.splitlines() == [
         "readings unknown: table NoSuchTable not found; is the stack up?"
     ]
+
+
+def test_a_real_agent_its_backlog_growing_then_killed_shows_offline_with_its_last_seen(
+    broker: Mosquitto,
+    cloud: Cloud,
+    subscribe: Callable[..., Subscriber],
+    tls_args: Callable[[str], list[str]],
+    device_id: str,
+    tmp_path: Path,
+) -> None:
+    """The agent itself: with receipts on and no ingest to confirm them, its readings are
+    never delivered, and `cloud devices` shows its outbox depth growing from one health
+    message to the next. Killed (SIGKILL: no `offline` of its own), the broker's last will
+    shows it offline, with when it was last seen."""
+    port = broker.config.port
+    watcher = subscribe(port, topics=(f"sensors/{device_id}/health", f"sensors/{device_id}/status"))
+    agent = start_agent(
+        *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id)),
+        *("--outbox", str(tmp_path / "outbox.sqlite"), "--interval", "0.2"),
+        *("--receipts", "--receipt-timeout", "600", "--health-interval", "1"),
+    )
+
+    def row() -> dict[str, Any]:
+        result = cloud("devices", "--format", "json")
+        assert result.exit_code == 0, result.output
+        rows = {r["sensor_id"]: r for r in map(json.loads, result.stdout.splitlines())}
+        return rows[device_id]
+
+    def health_with_depth_over(depth: int) -> None:
+        topic = f"sensors/{device_id}/health"
+        watcher.wait_for(
+            lambda ms: any(
+                m.topic == topic and parse_health(m.payload).outbox_depth > depth for m in ms
+            )
+        )
+
+    health_with_depth_over(0)
+    first = row()
+    assert first["status"] == "online" and first["outbox_depth"] > 0, first
+    health_with_depth_over(first["outbox_depth"])
+    second = row()
+    assert second["outbox_depth"] > first["outbox_depth"], (first, second)
+
+    agent.kill()
+    agent.wait(timeout=30)
+    status = f"sensors/{device_id}/status"
+    watcher.wait_for(lambda ms: any(m.topic == status and m.payload == b"offline" for m in ms))
+    gone = row()
+    assert gone["status"] == "offline", gone
+    assert gone["last_seen"] is not None and gone["last_seen"] >= second["last_seen"], gone
