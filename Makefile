@@ -108,6 +108,7 @@ bench: setup
 	$(PY) bench/export_scan.py $(BENCH)
 	$(PY) bench/query_report.py $(BENCH)
 	$(PY) bench/fleet.py $(BENCH)
+	$(PY) bench/config_roundtrip.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
