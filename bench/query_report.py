@@ -2,7 +2,7 @@
 
 Readings are made up (`--sensors` simulated sensors, one reading every ~10 s each, `seq`
 from 0, temperatures from the simulated sensor, humidity on half of the sensors and
-pressure on a quarter) and exported by the real exporter, `cloud.export.run.Exporter`, in both
+pressure on a quarter) and exported by the real exporter, `cloud.export.exporter.Exporter`, in both
 layouts, into a temporary folder deleted at the end (also on failure, Ctrl-C or SIGTERM):
 
 - `datapipeline`: the tutorial's JSON lines, read through the `sensor_data` view;

@@ -10,11 +10,11 @@ folder that is deleted at the end, also on failure, Ctrl-C or SIGTERM. Per engin
    - ours: the ingest worker itself, `Ingest._work`, fed through its link's `_on_message` (the
      callback paho calls) with the JSON payloads a fleet sends. So each message goes
      through `cloud.ingest.rule.to_item` (payload checks, the rule's mapping, ReceivedAt = now),
-     the duplicate check, 25-item batches and `Ingest._flush` (BatchWriteItem, retrying
+     the duplicate check, 25-item batches and `BatchWriter.write` (BatchWriteItem, retrying
      throttling and UnprocessedItems with ingest's backoff). Only MQTT is left out: the
      inbox is filled before the clock starts (on the network thread, in ingest), and this
-     thread stands in for the network thread, taking the acks and receipts `_flush`
-     queues (without sending them). These are private names of cloud.ingest.service: a change
+     thread stands in for the network thread, taking the acks and receipts the writer
+     queues (without sending them). These are private names of cloud.ingest: a change
      there breaks this bench loudly, never silently.
    - raw: plain boto3 `batch_write_item`, 25 prebuilt items per call (built by the same
      `to_item` beforehand, so the items are identical), UnprocessedItems resent at once.
@@ -141,7 +141,7 @@ class Load:
     calls: int = 0  # BatchWriteItem calls that reached the engine
     unprocessed: int = 0  # items the engine handed back as UnprocessedItems
     sdk_retries: int = 0  # attempts boto3 repeated by itself (throttling, 5xx)
-    ingest_retries: int = 0  # ours only: _flush's own retries (throttled, unprocessed, no link)
+    ingest_retries: int = 0  # ours only: the writer's own retries (throttled, unprocessed, no link)
 
     @property
     def rate(self) -> float:
@@ -249,7 +249,7 @@ def load_ours(
         worker.start()
     try:
         while True:
-            # The network thread's part of the job: take the acks and receipts _flush queued.
+            # The network thread's part of the job: take the acks and receipts the writer queued.
             for ingest in ingests:
                 while ingest._acks:
                     ingest._acks.popleft()

@@ -13,7 +13,7 @@ write some of them twice: it is refused there unless `--full` replaces the whole
 This holds only if writers keep their side: an item is in the table within `settle` seconds
 of its ReceivedAt (cloud ingest stamps it at the write attempt that succeeds).
 
-**Reading times.** Items whose CurrentTime is outside payload.TS_MIN_MS..TS_MAX_MS (2000 to
+**Reading times.** Items whose CurrentTime is outside device.columns.TS_MIN_MS..TS_MAX_MS (2000 to
 2100: a device sending seconds or microseconds, from before ingest refused them) are skipped
 by both formats and counted, rather than fail every Parquet export (Arrow's timestamps end in
 the year 9999) or reach queries as the year 1970 or 58888.

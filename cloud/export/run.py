@@ -30,7 +30,7 @@ from cloud.export.progress import LineProgress, Progress
 from cloud.export.spec import NATIVE, ExportResult, ExportSpec
 from cloud.export.writers import EventHook
 
-#: What `cloud export` (cloud/cli.py) calls: a spec in, a run, its progress line.
+#: What `cloud export` (cloud/cli/export.py) calls: a spec in, a run, its progress line.
 __all__ = ["ExportSpec", "run_export", "terminal_progress"]
 
 

@@ -3,7 +3,7 @@
 ingest stamps ReceivedAt when it takes a message, and retries a throttled BatchWriteItem
 without a deadline; an export that runs meanwhile moves the watermark past that stamp with a
 reading received later, and the late write is then never exported. ingest now stamps
-ReceivedAt at each write attempt (cloud/ingest/service.py, _flush).
+ReceivedAt at each write attempt (cloud/ingest/writer.py, BatchWriter.write).
 """
 
 from __future__ import annotations
