@@ -39,17 +39,23 @@ def check_sensor_id(sensor_id: str) -> str:
     return sensor_id
 
 
+def device_topic(sensor_id: str, leaf: str) -> str:
+    """A device's own topic, `sensors/<id>/<leaf>`: the id checked, so no wildcard or `/`
+    in it can reach another device's topics."""
+    return f"sensors/{check_sensor_id(sensor_id)}/{leaf}"
+
+
 def data_topic(sensor_id: str) -> str:
-    return f"sensors/{check_sensor_id(sensor_id)}/data"
+    return device_topic(sensor_id, "data")
 
 
 def status_topic(sensor_id: str) -> str:
-    return f"sensors/{check_sensor_id(sensor_id)}/status"
+    return device_topic(sensor_id, "status")
 
 
 def receipt_topic(sensor_id: str) -> str:
     """Where `cloud ingest` confirms a device's readings once they are in the table."""
-    return f"sensors/{check_sensor_id(sensor_id)}/receipt"
+    return device_topic(sensor_id, "receipt")
 
 
 def _finite_number(name: str, value: Any) -> float:
@@ -291,15 +297,15 @@ MAX_ERROR_CHARS = 300
 
 
 def config_desired_topic(sensor_id: str) -> str:
-    return f"sensors/{check_sensor_id(sensor_id)}/config/desired"
+    return device_topic(sensor_id, "config/desired")
 
 
 def config_reported_topic(sensor_id: str) -> str:
-    return f"sensors/{check_sensor_id(sensor_id)}/config/reported"
+    return device_topic(sensor_id, "config/reported")
 
 
 def health_topic(sensor_id: str) -> str:
-    return f"sensors/{check_sensor_id(sensor_id)}/health"
+    return device_topic(sensor_id, "health")
 
 
 def _object(payload: bytes, what: str) -> dict[str, Any]:
