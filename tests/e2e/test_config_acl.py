@@ -34,7 +34,8 @@ def test_a_device_cannot_set_its_own_or_another_devices_config(
 ) -> None:
     port = shared_broker.config.port
     victim, mallory = f"{device_id}-victim", f"{device_id}-mallory"
-    witness = subscribe(port, topics=("sensors/+/config/desired",))
+    # These two devices' topics only: the shared broker retains other tests' configs.
+    witness = subscribe(port, topics=(config_desired_topic(victim), config_desired_topic(mallory)))
     intruder = MqttClient.open(port, pki.device(mallory), client_id=mallory)
     try:
         answers = []
