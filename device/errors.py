@@ -8,7 +8,8 @@ class AgentError(Exception):
 
 
 class ConfigError(AgentError):
-    """A setting is missing or wrong; the message names it and where it was read."""
+    """A setting of the agent is missing or wrong; the message names it and where it was
+    read. (A `cloud` command's settings raise cloud.errors.ConfigError.)"""
 
 
 class SensorError(AgentError):
