@@ -20,7 +20,9 @@ from cloud.local.mosquitto import Mosquitto
 from device.payload import Health, Reading, Reported, encode_health, encode_reported, parse_health
 from tests.cloud.fleet import Cloud, local_target, retain
 from tests.conftest import BrokerFactory, Pki
-from tests.mqtt import Subscriber, start_agent
+from tests.mqtt import Subscriber, start_agent, wait_until
+from tests.outbox import outbox_rows
+from tests.proxy import Proxy
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ def test_a_table_that_cannot_be_read_is_one_line_after_the_fleet(
     ]
 
 
-def test_a_real_agent_its_backlog_growing_then_killed_shows_offline_with_its_last_seen(
+def test_a_real_agent_cut_off_from_the_broker_then_killed(
     broker: Mosquitto,
     cloud: Cloud,
     subscribe: Callable[..., Subscriber],
@@ -183,17 +185,13 @@ def test_a_real_agent_its_backlog_growing_then_killed_shows_offline_with_its_las
     device_id: str,
     tmp_path: Path,
 ) -> None:
-    """The agent itself: with receipts on and no ingest to confirm them, its readings are
-    never delivered, and `cloud devices` shows its outbox depth growing from one health
-    message to the next. Killed (SIGKILL: no `offline` of its own), the broker's last will
-    shows it offline, with when it was last seen."""
-    port = broker.config.port
-    watcher = subscribe(port, topics=(f"sensors/{device_id}/health", f"sensors/{device_id}/status"))
-    agent = start_agent(
-        *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id)),
-        *("--outbox", str(tmp_path / "outbox.sqlite"), "--interval", "0.2"),
-        *("--receipts", "--receipt-timeout", "600", "--health-interval", "1"),
-    )
+    """The agent itself, through a proxy. Cut off from the broker it shows offline (its last
+    will) while its readings pile up in its outbox; back, its first health message says how
+    deep the outbox grew, and `cloud devices` shows it. Killed (SIGKILL: no `offline` of its
+    own), the will shows it offline again, with when it was last seen."""
+    health_topic, status = f"sensors/{device_id}/health", f"sensors/{device_id}/status"
+    watcher = subscribe(broker.config.port, topics=(health_topic, status))
+    outbox = tmp_path / "outbox.sqlite"
 
     def row() -> dict[str, Any]:
         result = cloud("devices", "--format", "json")
@@ -201,25 +199,39 @@ def test_a_real_agent_its_backlog_growing_then_killed_shows_offline_with_its_las
         rows = {r["sensor_id"]: r for r in map(json.loads, result.stdout.splitlines())}
         return rows[device_id]
 
-    def health_with_depth_over(depth: int) -> None:
-        topic = f"sensors/{device_id}/health"
+    def last(topic: str) -> list[bytes]:
+        return [m.payload for m in watcher.messages if m.topic == topic][-1:]
+
+    with Proxy(broker.config.port, lifetime=120) as proxy:
+        # A long health interval: after the first, only a change (the reconnect) sends one.
+        agent = start_agent(
+            *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{proxy.port}"),
+            *tls_args(device_id),
+            *("--outbox", str(outbox), "--interval", "0.1", "--health-interval", "600"),
+        )
+        watcher.wait_for(lambda ms: any(m.topic == health_topic for m in ms))
+        before = row()
+        assert before["status"] == "online", before
+
+        proxy.cut()
+        watcher.wait_for(lambda ms: last(status) == [b"offline"])
+        wait_until(lambda: outbox_rows(outbox) >= 10, what="ten readings kept while cut off")
+        away = row()
+        assert away["status"] == "offline" and away["last_seen"] is not None, away
+
+        proxy.restore()
         watcher.wait_for(
             lambda ms: any(
-                m.topic == topic and parse_health(m.payload).outbox_depth > depth for m in ms
+                m.topic == health_topic and parse_health(m.payload).reconnects == 1 for m in ms
             )
         )
+        back = row()
+        assert back["reconnects"] == 1 and back["outbox_depth"] >= 10, back
+        assert back["outbox_depth"] > before["outbox_depth"], (before, back)
 
-    health_with_depth_over(0)
-    first = row()
-    assert first["status"] == "online" and first["outbox_depth"] > 0, first
-    health_with_depth_over(first["outbox_depth"])
-    second = row()
-    assert second["outbox_depth"] > first["outbox_depth"], (first, second)
-
-    agent.kill()
-    agent.wait(timeout=30)
-    status = f"sensors/{device_id}/status"
-    watcher.wait_for(lambda ms: any(m.topic == status and m.payload == b"offline" for m in ms))
-    gone = row()
+        agent.kill()
+        agent.wait(timeout=30)
+        watcher.wait_for(lambda ms: last(status) == [b"offline"])
+        gone = row()
     assert gone["status"] == "offline", gone
-    assert gone["last_seen"] is not None and gone["last_seen"] >= second["last_seen"], gone
+    assert gone["last_seen"] is not None and gone["last_seen"] >= back["last_seen"], gone
