@@ -264,6 +264,12 @@ def agent_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "device", *args]
 
 
+def device_args(port: int, device_id: str, tls: list[str], outbox: Path) -> list[str]:
+    """A device-agent's identity, broker on loopback and outbox: what every test gives it."""
+    broker = f"mqtts://127.0.0.1:{port}"
+    return ["--id", device_id, "--broker", broker, *tls, "--outbox", str(outbox)]
+
+
 def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The real `device-agent` entry point, as a child process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

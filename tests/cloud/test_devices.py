@@ -20,7 +20,7 @@ from cloud.local.mosquitto import Mosquitto
 from device.payload import Health, Reading, Reported, encode_health, encode_reported, parse_health
 from tests.cloud.fleet import Cloud, local_target, retain
 from tests.conftest import BrokerFactory, Pki
-from tests.mqtt import Subscriber, start_agent, wait_until
+from tests.mqtt import Subscriber, device_args, start_agent, wait_until
 from tests.outbox import outbox_rows
 from tests.proxy import Proxy
 
@@ -205,9 +205,8 @@ def test_a_real_agent_cut_off_from_the_broker_then_killed(
     with Proxy(broker.config.port, lifetime=120) as proxy:
         # A long health interval: after the first, only a change (the reconnect) sends one.
         agent = start_agent(
-            *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{proxy.port}"),
-            *tls_args(device_id),
-            *("--outbox", str(outbox), "--interval", "0.1", "--health-interval", "600"),
+            *device_args(proxy.port, device_id, tls_args(device_id), outbox),
+            *("--interval", "0.1", "--health-interval", "600"),
         )
         watcher.wait_for(lambda ms: any(m.topic == health_topic for m in ms))
         before = row()

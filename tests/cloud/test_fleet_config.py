@@ -16,7 +16,7 @@ from cloud.local.mosquitto import Mosquitto
 from device.payload import Reported, encode_reported, parse_health, parse_reported
 from tests.cloud.fleet import Cloud, local_target, retain, retained
 from tests.conftest import BrokerFactory, Pki
-from tests.mqtt import Subscriber, finish, start_agent
+from tests.mqtt import Subscriber, device_args, finish, start_agent
 
 
 @pytest.fixture
@@ -182,8 +182,8 @@ def test_the_real_agent_applies_what_config_set_publishes(
     watcher = subscribe(port, topics=(f"sensors/{device_id}/#",))
     reported_topic = f"sensors/{device_id}/config/reported"
     agent = start_agent(
-        *("--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id)),
-        *("--outbox", str(tmp_path / "outbox.sqlite"), "--interval", "0.5"),
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *("--interval", "0.5"),
         *("--sensor", "simulated"),
     )
     watcher.wait_readings(device_id, 1)

@@ -18,7 +18,7 @@ from device.payload import (
     health_topic,
     parse_health,
 )
-from tests.mqtt import Received, Subscriber, finish, start_agent
+from tests.mqtt import Received, Subscriber, device_args, finish, start_agent
 
 #: The contract's fields (docs: the issue 15 contract), written out so a rename shows.
 CONTRACT_FIELDS = {
@@ -41,10 +41,9 @@ def test_health_messages_carry_every_field_and_show_the_outbox_growing(
     # With --receipts and no ingest to confirm them, readings are never delivered to the
     # table: they stay in the outbox, and health says so.
     agent = start_agent(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id),
-        "--outbox", str(tmp_path / "outbox.sqlite"), "--receipts", "--interval", "0.1",
-        "--health-interval", "1", "--flush-timeout", "0",
-    )  # fmt: skip
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *("--receipts", "--interval", "0.1", "--health-interval", "1", "--flush-timeout", "0"),
+    )
 
     def health(ms: list[Received]) -> list[dict[str, object]]:
         return [json.loads(m.payload) for m in ms if m.topic == topic]
@@ -82,9 +81,9 @@ def test_a_new_remote_config_is_in_the_next_health_message_soon_not_a_minute_lat
     cloud = subscribe(port, topics=(topic,))
     # health_interval is the default minute: the second message comes for the change.
     agent = start_agent(
-        "--id", device_id, "--broker", f"mqtts://127.0.0.1:{port}", *tls_args(device_id),
-        "--outbox", str(tmp_path / "outbox.sqlite"), "--flush-timeout", "0",
-    )  # fmt: skip
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *("--flush-timeout", "0"),
+    )
 
     def versions(ms: list[Received]) -> list[object]:
         return [json.loads(m.payload)["config_version"] for m in ms if m.topic == topic]

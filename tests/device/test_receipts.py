@@ -18,7 +18,7 @@ import pytest
 
 from cloud.local.mosquitto import Mosquitto
 from device.payload import encode_receipt
-from tests.mqtt import Received, Subscriber, finish, start_agent, wait_until
+from tests.mqtt import Received, Subscriber, device_args, finish, start_agent, wait_until
 
 
 def outbox_seqs(path: Path) -> list[int]:
@@ -33,18 +33,7 @@ def outbox_seqs(path: Path) -> list[int]:
 
 
 def agent_args(port: int, device_id: str, tls: list[str], outbox: Path) -> list[str]:
-    return [
-        "--id",
-        device_id,
-        "--broker",
-        f"mqtts://127.0.0.1:{port}",
-        *tls,
-        "--outbox",
-        str(outbox),
-        "--interval",
-        "0",
-        "--receipts",
-    ]
+    return [*device_args(port, device_id, tls, outbox), "--interval", "0", "--receipts"]
 
 
 @pytest.mark.parametrize("transport", ["paho", "awsiot"])

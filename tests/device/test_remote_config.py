@@ -26,7 +26,7 @@ from device.payload import (
     encode_desired,
     parse_reported,
 )
-from tests.mqtt import Received, Subscriber, finish, start_agent
+from tests.mqtt import Received, Subscriber, device_args, finish, start_agent
 from tests.proxy import Proxy
 
 
@@ -56,11 +56,6 @@ def gaps_ms(readings: list[dict[str, Any]]) -> list[int]:
     return [b - a for a, b in itertools.pairwise(ts)]
 
 
-def agent_args(port: int, device_id: str, tls: list[str], outbox: Path) -> list[str]:
-    broker = f"mqtts://127.0.0.1:{port}"
-    return ["--id", device_id, "--broker", broker, *tls, "--outbox", str(outbox)]
-
-
 def watch(subscribe: Callable[..., Subscriber], port: int, device_id: str) -> Subscriber:
     return subscribe(port, topics=(f"sensors/{device_id}/#",))
 
@@ -78,7 +73,7 @@ def test_a_running_agent_takes_a_new_interval_without_a_restart(
     cloud = watch(subscribe, port, device_id)
     # From the environment, which a remote config beats (a flag would not be beaten).
     agent = start_agent(
-        *agent_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
         "--transport",
         transport,
         env={"DEVICE_AGENT_INTERVAL": "1.5"},
@@ -110,7 +105,7 @@ def test_a_device_that_was_offline_gets_the_desired_config_when_it_reconnects(
     status = f"sensors/{device_id}/status"
     with Proxy(shared_broker.config.port, lifetime=120) as proxy:
         agent = start_agent(
-            *agent_args(proxy.port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+            *device_args(proxy.port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
             "--interval",
             "0.2",
         )
@@ -137,7 +132,7 @@ def test_a_bad_value_is_refused_and_reported_and_the_old_config_stays(
     port = shared_broker.config.port
     cloud = watch(subscribe, port, device_id)
     agent = start_agent(
-        *agent_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
         env={"DEVICE_AGENT_INTERVAL": "30"},
     )
     set_desired(cloud, device_id, 1, {"interval": 0.05})
@@ -174,7 +169,7 @@ def test_after_a_restart_the_agent_starts_with_the_last_applied_config(
 ) -> None:
     port = shared_broker.config.port
     cloud = watch(subscribe, port, device_id)
-    args = agent_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite")
+    args = device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite")
     env = {"DEVICE_AGENT_INTERVAL": "30"}
     first = start_agent(*args, env=env)
     set_desired(cloud, device_id, 1, {"interval": 0.05, "health_interval": 7})
@@ -209,7 +204,7 @@ def test_a_flag_on_the_command_line_wins_and_reported_says_so(
     port = shared_broker.config.port
     cloud = watch(subscribe, port, device_id)
     agent = start_agent(
-        *agent_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
+        *device_args(port, device_id, tls_args(device_id), tmp_path / "outbox.sqlite"),
         "--interval",
         "0.05",
     )
