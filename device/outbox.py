@@ -144,6 +144,8 @@ class Outbox:
                 "give each device its own --outbox"
             )
         self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        # Kept in memory as _count is: health reads it at every turn of the agent's loop.
+        self._dropped = self._int("dropped")
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -184,7 +186,7 @@ class Outbox:
     @property
     def dropped(self) -> int:
         """Readings lost to a full outbox, over the outbox's whole life."""
-        return self._int("dropped")
+        return self._dropped
 
     def __len__(self) -> int:
         return self._count
@@ -267,7 +269,7 @@ class Outbox:
                     (RECENT_STAMPS,),
                 )
                 if dropped:
-                    self._set("dropped", self.dropped + dropped)
+                    self._set("dropped", self._dropped + dropped)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
@@ -275,6 +277,7 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from None
+        self._dropped += dropped
         if dropped:
             log.warning(
                 "outbox full (%d readings): %s %d reading(s); %d dropped so far",
