@@ -14,7 +14,7 @@ import pytest
 
 from cloud.aws import Endpoint
 from cloud.identity.local_ca import Identity, LocalCA
-from cloud.local.mosquitto import READERS, Mosquitto, MosquittoConfig
+from cloud.local.mosquitto import BROKER_READERS, Mosquitto, MosquittoConfig
 from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port
 from cloud.table import create_table
@@ -35,7 +35,7 @@ def _no_stray_children() -> Iterator[None]:
     reap_children()
 
 
-#: Reader identities on the tests' brokers (beside the stack's own, READERS). Each subscriber
+#: Reader identities on the tests' brokers (beside the stack's own, BROKER_READERS). Each subscriber
 #: and ingest of a test gets one of its own: the broker names a client by its certificate,
 #: so two sharing one would take over each other's session, and a later test would inherit
 #: the readings queued for an earlier one.
@@ -117,7 +117,7 @@ def broker_config(
         "ca": pki.ca.cert_path,
         "cert": pki.server.cert,
         "key": pki.server.key,
-        "readers": (*READERS, *TEST_READERS),
+        "readers": (*BROKER_READERS, *TEST_READERS),
         **kwargs,
     }
     if acl_extra is None:

@@ -8,17 +8,18 @@ from cloud.errors import StackNotFound
 from cloud.fleet.iot_store import IotDataStore
 from cloud.fleet.mqtt_store import MqttStore
 from cloud.fleet.store import FLEET_FILTERS, RetainedStore, device_of
-from cloud.local.identities import INGEST_IDENTITY, device_identity
+from cloud.local.identities import device_identity
+from cloud.local.mosquitto import FLEET_IDENTITY
 from cloud.stack.deploy import stack_outputs
 from cloud.stack.status import device_things
 from cloud.target import Target
 
 
 def open_store(target: Target) -> RetainedStore:
-    """Locally the stack's broker as the `ingest` identity (its certificate, a client id
-    of our own); on AWS, IoT Core's data plane."""
+    """Locally the stack's broker as the fleet identity (a reader of its own, issued by the
+    local CA on first use); on AWS, IoT Core's data plane."""
     if target.stack is not None:
-        identity = device_identity(Path(target.stack.root), INGEST_IDENTITY)
+        identity = device_identity(Path(target.stack.root), FLEET_IDENTITY)
         return MqttStore("127.0.0.1", target.stack.mqtt_port, identity)
     return IotDataStore(target.endpoint)
 

@@ -1,8 +1,9 @@
 """The fleet's retained messages on the local stack's Mosquitto.
 
-It connects as a reader identity (`ingest`: the broker lets readers read every device's
-topics and write desired configs) under a client id of its own with a clean session, so it
-never takes over ingest's session and leaves nothing queued behind it.
+It connects as the fleet identity (cloud.local.mosquitto.FLEET_IDENTITY: a reader, which
+the broker lets read every device's topics and write desired configs), never as `ingest`:
+the broker takes a client's id from its certificate, so that would take over the running
+ingest's session. A clean session leaves nothing queued behind it.
 
 Knowing when the broker has sent every retained message: MQTT has no "end of retained"
 signal. After the SUBACK the store publishes a marker to a topic it also subscribed to;

@@ -23,6 +23,12 @@ from device.payload import MAX_PAYLOAD_BYTES
 #: ingest bridge, and further ingest instances sharing the load (`cloud ingest --client-id`).
 #: Each needs an identity of its own, since the broker names a client by its certificate.
 READERS = ("ingest", *(f"ingest-{n}" for n in range(2, 10)))
+#: The identity `cloud config` and `cloud devices` connect as: a reader of its own, since
+#: the broker takes a client's id from its certificate (use_username_as_clientid), and a
+#: command connecting as `ingest` would take over the running ingest's session.
+FLEET_IDENTITY = "fleet"
+#: Every identity the broker's ACL makes a reader.
+BROKER_READERS = (*READERS, FLEET_IDENTITY)
 #: Messages a persistent-session client may have queued while offline or slow. The default
 #: (1000) silently dropped most of a 2,000-message burst for a slow subscriber here.
 MAX_QUEUED_MESSAGES = 1_000_000
@@ -42,7 +48,7 @@ MAX_OPEN_FILES = 65536
 PLAINTEXT_ACL = "topic read sensors/+/data\ntopic read sensors/+/status\n"
 
 
-def acl_text(readers: tuple[str, ...] = READERS) -> str:
+def acl_text(readers: tuple[str, ...] = BROKER_READERS) -> str:
     lines = [
         "# Devices: publish only their own readings, status, reported config and health;",
         "# read their own topics (receipts, desired config). The name is the certificate's,",
@@ -73,7 +79,7 @@ class MosquittoConfig:
     cert: Path
     key: Path
     host: str = "127.0.0.1"
-    readers: tuple[str, ...] = READERS
+    readers: tuple[str, ...] = BROKER_READERS
     plaintext_port: int | None = None  # loopback, anonymous, read-only: only when asked for
     crl: Path | None = None
     extra: tuple[str, ...] = field(default=())

@@ -17,8 +17,7 @@ from cloud.aws import Endpoint
 from cloud.cli import fleet as fleet_cli
 from cloud.cli import main as cloud_main
 from cloud.identity.local_ca import certs_dir
-from cloud.local.identities import INGEST_IDENTITY
-from cloud.local.mosquitto import Mosquitto
+from cloud.local.mosquitto import FLEET_IDENTITY, Mosquitto
 from cloud.local.state import StackState
 from cloud.target import Target
 from tests.conftest import Pki
@@ -37,13 +36,13 @@ def local_target(
 ) -> Cloud:
     """`cloud ...` in-process, its target a local stack made of this broker and table.
 
-    The stack's `ingest` certificate is the test CA's, as `cloud local up` would have issued
-    it from its own CA; only the target's resolution is replaced, not what a command does.
+    The stack's fleet certificate is the test CA's, as the stack's own CA would have issued
+    it; only the target's resolution is replaced, not what a command does.
     """
-    ingest = pki.device(INGEST_IDENTITY)
-    folder = certs_dir(root) / INGEST_IDENTITY
+    fleet = pki.device(FLEET_IDENTITY)
+    folder = certs_dir(root) / FLEET_IDENTITY
     folder.mkdir(parents=True, exist_ok=True)
-    for path in (ingest.cert, ingest.key, ingest.ca):
+    for path in (fleet.cert, fleet.key, fleet.ca):
         shutil.copy2(path, folder / path.name)
     port = int((aws.url or "").rsplit(":", 1)[1])
     state = StackState(

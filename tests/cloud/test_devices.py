@@ -20,7 +20,7 @@ from cloud.local.mosquitto import Mosquitto
 from device.payload import Health, Reading, Reported, encode_health, encode_reported, parse_health
 from tests.cloud.fleet import Cloud, local_target, retain
 from tests.conftest import BrokerFactory, Pki
-from tests.mqtt import Subscriber, device_args, start_agent, wait_until
+from tests.mqtt import MqttClient, Subscriber, device_args, start_agent, wait_until
 from tests.outbox import outbox_rows
 from tests.proxy import Proxy
 
@@ -234,3 +234,19 @@ def test_a_real_agent_cut_off_from_the_broker_then_killed(
         gone = row()
     assert gone["status"] == "offline", gone
     assert gone["last_seen"] is not None and gone["last_seen"] >= back["last_seen"], gone
+
+
+def test_the_fleet_commands_never_take_over_ingests_session(
+    broker: Mosquitto, cloud: Cloud, pki: Pki, device_id: str
+) -> None:
+    """The broker names a client by its certificate: were `cloud devices` and `cloud
+    config set` to connect as `ingest`, the running ingest would be thrown off its session
+    (and a clean start would drop what the broker queued for it)."""
+    ingest = MqttClient.open(broker.config.port, pki.device("ingest"), "ingest")
+    try:
+        assert cloud("devices").exit_code == 0
+        assert cloud("config", "set", "--id", device_id, "qos=1").exit_code == 0
+        assert ingest.disconnected is None, ingest.disconnected
+        assert ingest.client.is_connected()
+    finally:
+        ingest.close()
