@@ -27,6 +27,9 @@ READERS = ("ingest", *(f"ingest-{n}" for n in range(2, 10)))
 #: the broker takes a client's id from its certificate (use_username_as_clientid), and a
 #: command connecting as `ingest` would take over the running ingest's session.
 FLEET_IDENTITY = "fleet"
+#: Identities that only watch the fleet (`cloud dashboard`, `cloud alerts watch`): they may
+#: read every device's topics and write nothing. One each, for the same reason as above.
+WATCHERS = ("dashboard", "alerts")
 #: Every identity the broker's ACL makes a reader.
 BROKER_READERS = (*READERS, FLEET_IDENTITY)
 #: Messages a persistent-session client may have queued while offline or slow. The default
@@ -48,7 +51,9 @@ MAX_OPEN_FILES = 65536
 PLAINTEXT_ACL = "topic read sensors/+/data\ntopic read sensors/+/status\n"
 
 
-def acl_text(readers: tuple[str, ...] = BROKER_READERS) -> str:
+def acl_text(
+    readers: tuple[str, ...] = BROKER_READERS, watchers: tuple[str, ...] = WATCHERS
+) -> str:
     lines = [
         "# Devices: publish only their own readings, status, reported config and health;",
         "# read their own topics (receipts, desired config). The name is the certificate's,",
@@ -68,6 +73,8 @@ def acl_text(readers: tuple[str, ...] = BROKER_READERS) -> str:
             "topic write sensors/+/config/desired",
             "",
         ]
+    for name in watchers:
+        lines += [f"user {name}", "topic read sensors/#", ""]
     return "\n".join(lines)
 
 

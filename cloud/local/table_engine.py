@@ -12,31 +12,22 @@ that Debian 12 ships and on newer ones; dynalite 4 declares Node.js >= 20.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from cloud.errors import LocalStackError
+from cloud.npm import NpmPackage
 
-PACKAGE_DIR = Path(__file__).with_name("dynalite")
-_FILES = ("package.json", "package-lock.json", "serve.js")
+PACKAGE = NpmPackage(
+    Path(__file__).with_name("dynalite"),
+    "table-engine",
+    "the local table engine",
+    files=("package.json", "package-lock.json", "serve.js"),
+)
 #: Node.js versions dynalite 3.2's dependencies are known to run on here (18: Debian 12).
 MIN_NODE_MAJOR = 18
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sensor-pipeline"
-
-
-def install_dir() -> Path:
-    """Where this lock file's packages live: one folder per lock file content."""
-    digest = hashlib.sha256()
-    for name in _FILES:
-        digest.update((PACKAGE_DIR / name).read_bytes())
-    return _cache_root() / f"table-engine-{digest.hexdigest()[:12]}"
 
 
 def node_binary() -> str:
@@ -65,35 +56,8 @@ def node_binary() -> str:
 
 def ensure_installed() -> Path:
     """The folder holding serve.js and its node_modules, installing them when missing."""
-    target = install_dir()
-    if (target / ".installed").exists():
-        return target
     node_binary()
-    npm = shutil.which("npm")
-    if npm is None:
-        raise LocalStackError(
-            "npm is not installed and the local table engine is installed with it: run "
-            "`sudo apt-get install npm`"
-        )
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in _FILES:
-        shutil.copy2(PACKAGE_DIR / name, staging / name)
-    proc = subprocess.run(
-        [npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=staging,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise LocalStackError(f"installing the local table engine (npm ci) failed: {last}")
-    (staging / ".installed").touch()
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    return PACKAGE.ensure_installed()
 
 
 def command(port: int, data_dir: Path) -> list[str]:
