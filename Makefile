@@ -16,7 +16,8 @@ help:
 	@echo "make bench       the benchmarks in bench/ (BENCH=--quick: small sizes)"
 
 # Mosquitto (the local broker), NATS (the tests' broker of MQTT 3.1.1 only), Node.js (the
-# local table engine) and venv support, from the distribution, only where missing.
+# local table engine, the dashboard's charts), Chromium (the dashboard's browser tests) and
+# venv support, from the distribution, only where missing.
 system-deps:
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
 		echo "installing mosquitto"; \
@@ -30,17 +31,22 @@ system-deps:
 		echo "installing nodejs and npm (the local table engine, dynalite, runs on Node.js)"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (the dashboard's browser tests)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; \
+	fi
 	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		echo "installing python3-venv"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; \
 	fi
 
-$(STAMP): pyproject.toml cloud/local/dynalite/package-lock.json
+$(STAMP): pyproject.toml cloud/local/dynalite/package-lock.json cloud/dashboard/web/package-lock.json
 	$(MAKE) system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m cloud.local.table_engine
+	$(PY) -m cloud.dashboard.assets
 	touch $(STAMP)
 
 setup: $(STAMP) system-deps

@@ -12,7 +12,18 @@ import sys
 
 import click
 
-from cloud.cli import aws, data, export, fleet, identity, ingest, local, query, status
+from cloud.cli import (
+    aws,
+    dashboard,
+    data,
+    export,
+    fleet,
+    identity,
+    ingest,
+    local,
+    query,
+    status,
+)
 
 
 @click.group(epilog="Exit codes: 0 success, 1 a failure the message explains, 2 a usage error.")
@@ -48,5 +59,6 @@ for command in (
     query.plot,
     fleet.config,
     fleet.devices,
+    dashboard.dashboard,
 ):
     main.add_command(command)

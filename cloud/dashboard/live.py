@@ -1,0 +1,86 @@
+"""The dashboard's state between the live stream, the table and the pages: what each device
+last said, whether the broker and the table can be reached, and the active alerts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cloud.dashboard.fleet_view import FleetView
+from cloud.dashboard.hub import Hub
+from cloud.live.events import LiveEvent
+
+#: Until the stream says otherwise.
+CONNECTING = "connecting to the broker"
+
+
+class Live:
+    """Fed by the live stream (`on_event`, `on_state`, from its thread) and by the app."""
+
+    def __init__(self, ddb: Any, table: str, source: str) -> None:
+        self.view = FleetView()
+        self.hub = Hub()
+        self._ddb = ddb
+        self.table = table
+        #: What the page says it shows: "local stack" or "AWS (us-east-1)".
+        self.source = source
+        self._lock = threading.Lock()
+        self._broker: str | None = CONNECTING
+        self._table: str | None = None
+        self._alerts: list[dict[str, Any]] = []
+
+    # -- from the live stream -----------------------------------------------------------
+
+    def on_event(self, event: LiveEvent) -> None:
+        message = self.view.apply(event)
+        if message is not None:
+            self.hub.publish(message)
+
+    def on_state(self, problem: str | None) -> None:
+        with self._lock:
+            if problem == self._broker:
+                return
+            self._broker = problem
+        self._publish_sources()
+
+    # -- from the app -------------------------------------------------------------------
+
+    def read_history(
+        self, read: Callable[[Any, str, str, int], dict[str, Any]], sensor_id: str, since_ms: int
+    ) -> dict[str, Any]:
+        return read(self._ddb, self.table, sensor_id, since_ms)
+
+    def table_problem(self, problem: str | None) -> None:
+        with self._lock:
+            if problem == self._table:
+                return
+            self._table = problem
+        self._publish_sources()
+
+    def set_alerts(self, active: list[dict[str, Any]]) -> None:
+        with self._lock:
+            if active == self._alerts:
+                return
+            self._alerts = active
+        self.hub.publish({"type": "alerts", "active": active})
+
+    def sources(self) -> dict[str, Any]:
+        with self._lock:
+            return {"broker": self._broker, "table": self._table}
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            alerts = list(self._alerts)
+        return {
+            "type": "snapshot",
+            "now_ms": int(time.time() * 1000),
+            "source": self.source,
+            "sources": self.sources(),
+            "devices": self.view.snapshot(),
+            "alerts": alerts,
+        }
+
+    def _publish_sources(self) -> None:
+        self.hub.publish({"type": "sources", "sources": self.sources()})
