@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from cloud.cli.errors import aws_error_line
 from cloud.dashboard.assets import STATIC_DIR
 from cloud.dashboard.history import RANGES_MIN, history
+from cloud.dashboard.hub import CLOSING
 from cloud.dashboard.live import Live
 from cloud.errors import TableError
 from device.errors import PayloadError
@@ -57,8 +58,11 @@ def create_app(live: Live, vendor_dir: Path) -> Starlette:
                     if not batch:
                         yield ": keepalive\n\n"
                         continue
-                    yield _event({"type": "batch", "messages": batch})
-                    if page.overflowed:
+                    closing = CLOSING in batch
+                    messages = [m for m in batch if m is not CLOSING]
+                    if messages:
+                        yield _event({"type": "batch", "messages": messages})
+                    if page.overflowed or closing:
                         return  # the page reloads its state on "resync"
             finally:
                 live.hub.close(page)

@@ -14,6 +14,8 @@ from typing import Any
 
 #: Messages a page may have waiting: minutes of a fleet of 100 at 1 Hz.
 MAX_QUEUED = 20_000
+#: Put in every queue when the server stops: the stream ends there.
+CLOSING: dict[str, Any] = {"type": "closing"}
 
 
 class Page:
@@ -62,6 +64,13 @@ class Hub:
     def _deliver(self, message: dict[str, Any]) -> None:
         for page in self._pages:
             page.put(message)
+
+    def close_all(self) -> None:
+        """From any thread: end every page's stream (the server is stopping; the pages say
+        so and reconnect by themselves when it is back)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, CLOSING)
 
     def open(self) -> Page:
         page = Page()

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 TABLE_CHECK_S = 5.0
 #: How often the active alerts are read again.
 ALERTS_CHECK_S = 1.0
+#: How long a stop waits for open pages' streams to end.
+GRACE_S = 2
 
 
 def table_problem(ddb: Any, table: str) -> str | None:
@@ -71,36 +73,67 @@ def _every(seconds: float, stop: threading.Event, work: Callable[[], None]) -> t
     return thread
 
 
+class Dashboard:
+    """The dashboard of `target`, bound to host:port; `run` serves until `stop` (or Ctrl-C,
+    SIGTERM: uvicorn's own handlers, in the main thread)."""
+
+    def __init__(
+        self,
+        target: Target,
+        host: str,
+        port: int,
+        active_alerts: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        vendor = uplot_dir()
+        self._sock = bind(host, port)
+        self._target = target
+        self._active_alerts = active_alerts
+        self._ddb = target.endpoint.client("dynamodb")
+        region = target.endpoint.region
+        source = "local stack" if target.stack is not None else f"AWS {region or ''}".strip()
+        self.live = Live(self._ddb, target.table, source)
+        self._stream = open_live(target, "dashboard", self.live.on_event, self.live.on_state)
+        self._stop = threading.Event()
+        config = uvicorn.Config(
+            create_app(self.live, vendor),
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            # Ctrl-C with pages open: their streams would otherwise hold the server forever.
+            timeout_graceful_shutdown=GRACE_S,
+        )
+        self._server = uvicorn.Server(config)
+        address, bound_port = self._sock.getsockname()[:2]
+        shown = f"[{address}]" if ":" in address else address
+        self.url = f"http://{shown}:{bound_port}/"
+
+    def run(self) -> None:
+        live, ddb, table = self.live, self._ddb, self._target.table
+        _every(TABLE_CHECK_S, self._stop, lambda: live.table_problem(table_problem(ddb, table)))
+        if self._active_alerts is not None:
+            read = self._active_alerts
+            _every(ALERTS_CHECK_S, self._stop, lambda: live.set_alerts(read()))
+        self._stream.start()
+        try:
+            self._server.run(sockets=[self._sock])
+        finally:
+            self._stop.set()
+            self._stream.stop()
+            self._sock.close()
+
+    def stop(self) -> None:
+        self.live.hub.close_all()
+        self._server.should_exit = True
+
+
 def serve(
     target: Target,
     host: str,
     port: int,
     active_alerts: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> None:
-    """Serve until interrupted (Ctrl-C, SIGTERM). `active_alerts` reads the alerts watcher's
-    active episodes, when there is a watcher to read."""
-    sock = bind(host, port)
-    vendor = uplot_dir()
-    ddb = target.endpoint.client("dynamodb")
-    region = target.endpoint.region
-    source = "local stack" if target.stack is not None else f"AWS {region or ''}".strip()
-    live = Live(ddb, target.table, source)
-    stream = open_live(target, "dashboard", live.on_event, live.on_state)
-    stop = threading.Event()
-    _every(TABLE_CHECK_S, stop, lambda: live.table_problem(table_problem(ddb, target.table)))
-    if active_alerts is not None:
-        read = active_alerts
-        _every(ALERTS_CHECK_S, stop, lambda: live.set_alerts(read()))
-    config = uvicorn.Config(
-        create_app(live, vendor), log_level="warning", lifespan="on", access_log=False
-    )
-    address, bound_port = sock.getsockname()[:2]
-    shown = f"[{address}]" if ":" in address else address
-    stream.start()
-    click.echo(f"dashboard: http://{shown}:{bound_port}/ (Ctrl-C stops it)")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        stop.set()
-        stream.stop()
-        sock.close()
+    """Serve until interrupted, the page's address printed first. `active_alerts` reads the
+    alerts watcher's active episodes, when there is a watcher to read."""
+    dashboard = Dashboard(target, host, port, active_alerts)
+    click.echo(f"dashboard: {dashboard.url} (Ctrl-C stops it)")
+    dashboard.run()

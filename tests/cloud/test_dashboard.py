@@ -1,0 +1,259 @@
+"""`cloud dashboard` in a real browser (Debian's Chromium, headless): the devices of a
+running fleet, a reading published after the page loaded on its chart within 2 seconds, a
+killed agent offline, and a clear message when the broker or the table cannot be reached.
+
+The dashboard runs in this process (a thread), its target a local stack made of a test
+broker and moto's table, as tests/cloud/fleet.py does for the fleet commands; the page, the
+agents and the browser are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from selenium.webdriver.common.by import By
+
+from cloud.aws import Endpoint
+from cloud.cli import main as cloud_main
+from cloud.dashboard.server import Dashboard
+from cloud.identity.local_ca import certs_dir
+from cloud.ingest.rule import to_item
+from cloud.local.mosquitto import Mosquitto
+from cloud.local.ports import free_port
+from cloud.local.state import StackState
+from cloud.target import Target
+from device.payload import Reading
+from tests.browser import chromium, console_errors, screenshot
+from tests.conftest import BrokerFactory, Pki
+from tests.mqtt import MqttClient, device_args, start_agent, wait_until
+
+WATCHER = "dashboard"
+#: What the page shows in a cell it has no value for.
+NO_VALUE = "\N{EN DASH}"
+
+
+def local_target(broker_port: int, aws: Endpoint, table: str, pki: Pki, root: Path) -> Target:
+    """A local stack made of a test broker and moto's table; its dashboard identity the test
+    CA's, as the stack's own CA would have issued it."""
+    ident = pki.device(WATCHER)
+    folder = certs_dir(root) / WATCHER
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (ident.cert, ident.key, ident.ca):
+        shutil.copy2(path, folder / path.name)
+    table_port = int((aws.url or "").rsplit(":", 1)[1])
+    state = StackState(
+        root=str(root), mqtt_port=broker_port, table_port=table_port, data_dir=str(root / "data")
+    )
+    return Target("local", state.endpoint, table, state, "test")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Target], Dashboard]]:
+    """Start dashboards (a free port each), stopped when the test ends."""
+    running: list[tuple[Dashboard, threading.Thread]] = []
+
+    def start(target: Target) -> Dashboard:
+        dashboard = Dashboard(target, "127.0.0.1", 0)
+        thread = threading.Thread(target=dashboard.run, daemon=True)
+        thread.start()
+        running.append((dashboard, thread))
+        wait_until(lambda: answers(dashboard.url), 15, "the dashboard to answer")
+        return dashboard
+
+    yield start
+    for dashboard, thread in running:
+        dashboard.stop()
+        thread.join(15)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our http URL)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our http URL)
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
+
+
+def put_reading(aws: Endpoint, table: str, reading: Reading) -> None:
+    item = to_item(reading.topic, reading.to_payload())
+    aws.client("dynamodb").put_item(TableName=table, Item=item)
+
+
+def row_text(browser: Any, sensor_id: str, column: str) -> str:
+    found = browser.find_elements(By.CSS_SELECTOR, f'tr[data-id="{sensor_id}"] td.{column}')
+    return str(found[0].text) if found else ""
+
+
+def chart(browser: Any, sensor_id: str) -> list[list[float]] | None:
+    data: list[list[float]] | None = browser.execute_script(
+        "return window.dashboard.chartData(arguments[0])", sensor_id
+    )
+    return data
+
+
+def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    device_id: str,
+    tls_args: Callable[[str], list[str]],
+    serve: Callable[[Target], Dashboard],
+    browser: Any,
+) -> None:
+    broker: Mosquitto = start_broker()
+    port = broker.config.port
+    steady, doomed, late = (f"{device_id}-{n}" for n in ("steady", "doomed", "late"))
+    now = int(time.time() * 1000)
+    # Half an hour of history for one device, in the table only.
+    history = [Reading(steady, now - 1_800_000 + i * 60_000, i, 10.0 + i / 10) for i in range(30)]
+    for reading in history:
+        put_reading(aws, table, reading)
+    agents = {
+        sensor_id: start_agent(
+            *device_args(port, sensor_id, tls_args(sensor_id), tmp_path / sensor_id),
+            "--interval",
+            "0.5",
+            "--health-interval",
+            "1",
+        )
+        for sensor_id in (steady, doomed)
+    }
+    dashboard = serve(local_target(port, aws, table, pki, tmp_path))
+    browser.get(dashboard.url)
+    wait_until(
+        lambda: browser.execute_script("return window.dashboard.ready"), 20, "the page to load"
+    )
+
+    # Both agents listed, online, with a reading a moment old and their health.
+    for sensor_id in (steady, doomed):
+        wait_until(
+            lambda s=sensor_id: row_text(browser, s, "status") == "online"
+            and row_text(browser, s, "temperature").endswith("°C"),
+            20,
+            f"{sensor_id} online with a reading",
+        )
+        wait_until(lambda s=sensor_id: row_text(browser, s, "outbox") != NO_VALUE, 20, "its health")
+    # The table's history is on the chart, with the live readings after it.
+    data = chart(browser, steady)
+    assert data is not None
+    assert [r.ts for r in history] == data[0][: len(history)]
+    assert [r.temperature for r in history] == data[1][: len(history)]
+
+    # A reading published after the page loaded: on its chart within 2 seconds.
+    client = MqttClient.open(port, pki.device(late), f"{late}-t")
+    try:
+        sent = Reading(late, int(time.time() * 1000), 0, 42.125)
+        started = time.monotonic()
+        info = client.client.publish(sent.topic, sent.to_payload(), qos=1)
+        wait_until(
+            lambda: (data := chart(browser, late)) is not None and sent.ts in data[0],
+            2,
+            "the new reading on its chart",
+            every=0.05,
+        )
+        elapsed = time.monotonic() - started
+        assert chart(browser, late) == [[sent.ts], [42.125]]
+        client.wait(lambda: info.mid in client.acks, "a PUBACK")
+    finally:
+        client.close()
+    assert elapsed < 2
+    wait_until(lambda: row_text(browser, late, "temperature") == "42.13 °C", 2, "its row")
+
+    # A killed agent: offline on the page within seconds (its will, sent by the broker).
+    agents[doomed].send_signal(signal.SIGKILL)
+    agents[doomed].wait(10)
+    wait_until(lambda: row_text(browser, doomed, "status") == "offline", 10, "offline shown")
+    assert row_text(browser, steady, "status") == "online"
+
+    assert console_errors(browser) == []
+    shot = screenshot(browser, "dashboard.png")
+    assert shot.stat().st_size > 10_000
+    for agent in agents.values():
+        agent.terminate()
+
+
+def test_unreachable_broker_and_table_are_said_on_the_page(
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    serve: Callable[[Target], Dashboard],
+    browser: Any,
+) -> None:
+    """Nothing listens on the broker's port, and the table is one that does not exist."""
+    target = local_target(free_port(), aws, f"{table}-missing", pki, tmp_path)
+    dashboard = serve(target)
+    browser.get(dashboard.url)
+    banner = browser.find_element(By.ID, "banner")
+    wait_until(
+        lambda: "Live readings unavailable: cannot reach the broker" in banner.text
+        and f"Readings history unavailable: table {table}-missing not found" in banner.text,
+        15,
+        f"both problems on the banner (it says {banner.text!r})",
+    )
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sensors"
+    screenshot(browser, "dashboard-unreachable.png")
+    console_errors(browser)  # an unreachable part is the page's message, not its failure
+
+
+def test_history_refuses_a_bad_id_or_range_in_one_line(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    serve: Callable[[Target], Dashboard],
+) -> None:
+    dashboard = serve(local_target(start_broker().config.port, aws, table, pki, tmp_path))
+    status, body = get_json(f"{dashboard.url}api/history?id=a%2Fb&minutes=60")
+    assert status == 400
+    assert body["error"].startswith("id: ")
+    status, body = get_json(f"{dashboard.url}api/history?id=s1&minutes=99999")
+    assert (status, body) == (400, {"error": "minutes: one of 15, 60, 360, 1440"})
+    status, body = get_json(f"{dashboard.url}api/history?id=s1&minutes=15")
+    assert (status, body) == (200, {"ts": [], "temperature": []})
+
+
+def test_port_in_use_is_one_line(
+    aws: Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.chdir(tmp_path)
+        result = CliRunner().invoke(
+            cloud_main,
+            ["dashboard", "--port", str(port), "--target", "aws", "--endpoint-url", str(aws.url)],
+        )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: --port {port}: something else listens on 127.0.0.1:{port}; give another "
+        "--port (0 picks a free one)\n"
+    )
