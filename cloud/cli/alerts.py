@@ -1,0 +1,287 @@
+"""`cloud alerts watch | test`: the rules of config/alerts.toml over the live stream, or
+over a past time range of the table (cloud.alerts does the work)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from cloud import target as targets
+from cloud.alerts.notify import Remote, Sns, Stdout, Webhook
+from cloud.alerts.replay import replay
+from cloud.alerts.rules import DEFAULT_PATH, RuleSet, load_rules
+from cloud.alerts.state import default_state_path
+from cloud.alerts.watch import StateLock, Watcher
+from cloud.cli import options
+from cloud.cli.errors import reports_errors
+from cloud.errors import ConfigError, StackNotFound
+from cloud.identity.local_ca import Identity
+from cloud.live.stream import LiveStream, open_live
+from cloud.table import query_readings, summarize
+from cloud.target import Target
+from cloud.timeparse import iso_ms, parse_time_ms
+
+log = logging.getLogger(__name__)
+
+#: The watcher identity of the local stack's broker (cloud.local.mosquitto.WATCHERS).
+WATCHER = "alerts"
+#: The stack's Output naming its alerts topic (cloud.stack.template).
+TOPIC_OUTPUT = "AlertsTopicArn"
+
+rules_option = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_PATH,
+    show_default=True,
+    envvar="CLOUD_ALERTS_RULES",
+    help="The rules file [also CLOUD_ALERTS_RULES].",
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="A line per notification, or its JSON (the webhook's body) per line.",
+)
+
+
+@click.group()
+def alerts() -> None:
+    """Alerts on the fleet: thresholds, rates of change, staleness, seq gaps, offline."""
+
+
+@alerts.command()
+@rules_option
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="CLOUD_ALERTS_STATE",
+    help="Where active episodes are kept across restarts [the local stack's data folder; "
+    "on AWS var/alerts/aws-state.json; also CLOUD_ALERTS_STATE].",
+)
+@click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL",
+    help="POST each notification's JSON here (repeat for more).",
+)
+@click.option(
+    "--sns/--no-sns",
+    default=None,
+    help="Publish to the stack's SNS topic (AlertsTopicArn) [on by default on AWS].",
+)
+@click.option("--sns-topic", metavar="ARN", help="Publish to this SNS topic instead.")
+@options.stack_name("The deployed stack whose SNS topic gets the alerts (AWS).")
+@click.option(
+    "--broker",
+    metavar="mqtts://HOST:PORT",
+    help="Read the live stream from this broker (with --cert, --key, --ca) instead of the "
+    "local stack's.",
+)
+@click.option("--cert", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--client-id", default="cloud-alerts", show_default=True, help="MQTT client id (--broker)."
+)
+@format_option
+@options.target_options
+@reports_errors
+def watch(
+    rules_path: Path,
+    state_path: Path | None,
+    webhooks: tuple[str, ...],
+    sns: bool | None,
+    sns_topic: str | None,
+    stack_name: str,
+    broker: str | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+    client_id: str,
+    fmt: str,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Evaluate the rules on the live stream until stopped (Ctrl-C, SIGTERM).
+
+    Each episode is announced once when it fires and once when it clears, on stdout, to
+    every --webhook and, on AWS, to the stack's SNS topic. Episodes are kept in --state: a
+    restarted watcher does not announce them again.
+    """
+    rules = load_rules(rules_path)
+    given = broker is not None
+    if given != (cert is not None and key is not None and ca is not None) or (
+        not given and (cert or key or ca)
+    ):
+        raise click.UsageError("--broker goes with --cert, --key and --ca (all four)")
+    if sns and sns_topic:
+        raise click.UsageError("--sns uses the stack's topic; --sns-topic names another")
+    remotes: list[Remote] = [Webhook(url) for url in webhooks]
+    chosen: Target | None = None
+
+    def side() -> Target:
+        nonlocal chosen
+        if chosen is None:
+            chosen = targets.resolve(target, endpoint_url)
+        return chosen
+
+    if sns_topic:
+        remotes.append(Sns(side().endpoint.client("sns"), sns_topic))
+    elif sns or (sns is None and side().name == "aws"):
+        remotes.append(Sns(side().endpoint.client("sns"), _stack_topic(side(), stack_name)))
+    if state_path is None:
+        state_path = default_state_path(side()) or Path("var/alerts/aws-state.json")
+    with StateLock(state_path):
+        watcher = Watcher(rules, state_path, Stdout(sys.stdout, fmt), remotes)
+        if broker is not None:
+            assert cert is not None and key is not None and ca is not None
+            stream = _stream(broker, Identity(cert, key, ca), client_id, watcher)
+        else:
+            stream = open_live(side(), WATCHER, watcher.on_event, watcher.on_state, True)
+        sinks = ", ".join(["stdout", *(f"{r.name}" for r in remotes)])
+        log.info(
+            "watching %s (%d rule(s)) on %s; notifying %s; state in %s",
+            rules_path,
+            len(rules.rules),
+            stream.label,
+            sinks,
+            state_path,
+        )
+        stop = threading.Event()
+
+        def stopping(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
+        watcher.run(stream, stop)
+
+
+def _stream(url: str, identity: Identity, client_id: str, watcher: Watcher) -> LiveStream:
+    from device.config import BrokerUrl
+    from device.errors import ConfigError as AgentConfigError
+
+    try:
+        parsed = BrokerUrl.parse(url)
+    except AgentConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if not parsed.tls:
+        raise ConfigError(f"--broker {url}: the live stream is read over TLS: mqtts://HOST:PORT")
+    return LiveStream(
+        parsed.host,
+        parsed.port,
+        identity,
+        client_id,
+        watcher.on_event,
+        watcher.on_state,
+        persistent=True,
+    )
+
+
+def _stack_topic(target: Target, stack_name: str) -> str:
+    """The deployed stack's alerts topic."""
+    from cloud.stack.deploy import stack_outputs
+
+    try:
+        outputs = stack_outputs(target.endpoint, stack_name)
+    except StackNotFound:
+        raise ConfigError(
+            f"no stack {stack_name} for the alerts' SNS topic: deploy it with `cloud deploy`, "
+            "or give --no-sns (or --sns-topic ARN)"
+        ) from None
+    arn = outputs.get(TOPIC_OUTPUT)
+    if not arn:
+        raise ConfigError(
+            f"the stack {stack_name} has no {TOPIC_OUTPUT}: update it with `cloud deploy`, "
+            "or give --no-sns"
+        )
+    return arn
+
+
+_DURATION = re.compile(r"^\d+(?:\.\d+)?[smhdw]$")
+
+
+def _past(text: str, option: str) -> int:
+    """A time; a bare duration (`2h`) means that long ago, as `-2h` does."""
+    return parse_time_ms(f"-{text}" if _DURATION.match(text.strip()) else text, option)
+
+
+@alerts.command("test")
+@rules_option
+@click.option(
+    "--since",
+    default="-1h",
+    show_default=True,
+    help="From this time: ISO 8601, epoch ms, or 2h / -2h ago.",
+)
+@options.until("Up to this time (same forms) [now].")
+@click.option(
+    "--id",
+    "sensor_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this sensor (repeat for more) [every sensor with readings in the range, and "
+    "those the rules name].",
+)
+@format_option
+@options.target_options
+@reports_errors
+def test(
+    rules_path: Path,
+    since: str,
+    until: str | None,
+    sensor_ids: tuple[str, ...],
+    fmt: str,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Which rules would have fired and cleared over a past time range of the table."""
+    rules = load_rules(rules_path)
+    since_ms = _past(since, "--since")
+    until_ms = _past(until, "--until") if until else parse_time_ms("-0s")
+    if until_ms <= since_ms:
+        raise click.UsageError("--until must be later than --since")
+    chosen = targets.resolve(target, endpoint_url)
+    ddb = chosen.endpoint.client("dynamodb")
+    sensors = list(sensor_ids) or _sensors(rules, ddb, chosen.table, since_ms)
+    series = [
+        query_readings(ddb, chosen.table, s, since_ms, until_ms, newest_first=False)
+        for s in sensors
+    ]
+    result = replay(rules, series, sensors, since_ms, until_ms)
+    out = Stdout(sys.stdout, fmt)
+    for note in result.notifications:
+        out.write(note.to_json())
+    fired = sum(n.event == "fired" for n in result.notifications)
+    cleared = len(result.notifications) - fired
+    click.echo(
+        f"{fired} fired, {cleared} cleared, {len(result.active)} still active at "
+        f"{iso_ms(until_ms)} ({result.readings} reading(s) of {len(sensors)} sensor(s) "
+        f"from {iso_ms(since_ms)})",
+        err=True,
+    )
+    for episode in result.active:
+        click.echo(f"  active: {episode.rule} {episode.sensor_id}: {episode.message}", err=True)
+    if result.skipped:
+        click.echo(
+            f"not replayed (the table keeps no statuses): {', '.join(result.skipped)}", err=True
+        )
+
+
+def _sensors(rules: RuleSet, ddb: object, table: str, since_ms: int) -> list[str]:
+    """Every sensor with readings since `since_ms` the rules apply to, and those they name."""
+    seen = set(summarize(ddb, table, since_ms))
+    named = {s for r in rules.rules for s in r.named_sensors}
+    return sorted(s for s in seen | named if any(r.applies_to(s) for r in rules.rules))
