@@ -115,6 +115,7 @@ bench: setup
 	$(PY) bench/query_report.py $(BENCH)
 	$(PY) bench/fleet.py $(BENCH)
 	$(PY) bench/config_roundtrip.py $(BENCH)
+	$(PY) bench/dashboard.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

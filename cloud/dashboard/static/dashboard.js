@@ -25,6 +25,9 @@
     readings: 0,         // readings taken in from the stream
     renders: 0,          // chart redraws
     ready: false,        // the first snapshot and its histories are in
+    readyAtMs: null,     // when it was, on the page's clock (performance.now())
+    lagsMs: [],          // the newest readings' age when drawn (bench/dashboard.py reads them)
+    pendingTs: [],
     stream: null,
   };
   window.dashboard = dash;
@@ -114,6 +117,10 @@
   }
 
   function drawCharts() {
+    const drawnAt = now();
+    for (const ts of dash.pendingTs) dash.lagsMs.push(drawnAt - ts);
+    dash.pendingTs = [];
+    if (dash.lagsMs.length > 5000) dash.lagsMs.splice(0, dash.lagsMs.length - 5000);
     for (const id of dash.dirtyCharts) {
       const chart = dash.charts.get(id);
       if (!chart) continue;
@@ -313,6 +320,7 @@
     }
     if (!device.reading || reading.ts >= device.reading.ts) device.reading = reading;
     addPoint(id, reading.ts, reading.temperature);
+    dash.pendingTs.push(reading.ts);
     dash.dirtyRows.add(id);
   }
 
@@ -327,6 +335,7 @@
         drawAlerts();
         drawBanner();
         loadHistories(message.devices.map(function (d) { return d.id; })).then(function () {
+          if (!dash.ready) dash.readyAtMs = performance.now();
           dash.ready = true;
         });
         break;
