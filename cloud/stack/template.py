@@ -3,12 +3,13 @@
 `build()` returns the template as a dict: the SensorData table, the devices' IoT policy, the
 topic rule (its SQL from `cloud.ingest.rule.rule_sql()`) and the rule that keeps what it refuses
 (`cloud.ingest.rule.rejected_rule_sql()`), the rules' role, the exports and Athena
-results buckets, the Glue catalog tables over the export layout (`cloud.export.layout`) and an
-Athena workgroup. `render()` turns it into YAML; the committed file
-`cloud/cloudformation/sensor-pipeline.yaml` is exactly that text, so the file works with
-plain `aws cloudformation deploy --template-file ... --capabilities CAPABILITY_NAMED_IAM`,
-and a test fails when it is stale (`python -m cloud.stack.template` rewrites it). The YAML
-writer is `cloud.stack.yaml_text`; `cloud.stack.resolver` evaluates the template's functions.
+results buckets, the Glue catalog tables over the export layout (`cloud.export.layout`), an
+Athena workgroup and the SNS topic `cloud alerts watch` publishes to. `render()` turns it
+into YAML; the committed file `cloud/cloudformation/sensor-pipeline.yaml` is exactly that
+text, so the file works with plain `aws cloudformation deploy --template-file ...
+--capabilities CAPABILITY_NAMED_IAM`, and a test fails when it is stale (`python -m
+cloud.stack.template` rewrites it). The YAML writer is `cloud.stack.yaml_text`;
+`cloud.stack.resolver` evaluates the template's functions.
 
 The module stays longer than most: `build()` is the whole template as one literal, and its
 resources refer to one another by logical id, so they read best side by side.
@@ -37,7 +38,7 @@ from device.payload import (
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "cloudformation" / "sensor-pipeline.yaml"
 DESCRIPTION = (
     "sensor-pipeline: SensorData table, AWS IoT policy and topic rules, exports and Athena "
-    "results buckets, Glue catalog and Athena workgroup"
+    "results buckets, Glue catalog, Athena workgroup and alerts topic"
 )
 SQL_VERSION = "2016-03-23"
 #: Where the topic rule's error action keeps messages it could not write (exports bucket),
@@ -174,7 +175,13 @@ OUTPUTS = (
     "IotPolicyName",
     "TopicRuleName",
     "RuleErrorsLocation",
+    "AlertsTopicArn",
 )
+#: SNS's AWS managed key: the alerts topic is encrypted at rest at no key fee. A publisher of
+#: this account (`cloud alerts watch`) needs only sns:Publish, as that key's policy lets the
+#: account use it through SNS; AWS services (CloudWatch alarms, EventBridge) cannot publish
+#: under it, and would need a customer managed key.
+ALERTS_TOPIC_KEY = "alias/aws/sns"
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -584,6 +591,16 @@ def build() -> dict[str, Any]:
                 },
             },
         },
+        # Where `cloud alerts watch` publishes on AWS; subscribe e-mail, SMS, a queue or a
+        # Lambda function to it. It holds no data, so a stack update may replace it freely.
+        "AlertsTopic": {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {
+                "TopicName": _sub("${AWS::StackName}-alerts"),
+                "DisplayName": "sensor alerts",
+                "KmsMasterKeyId": ALERTS_TOPIC_KEY,
+            },
+        },
         "SensorDataGlueTable": _sensor_data_table(),
         "ReadingsGlueTable": _readings_table(),
         "AthenaWorkGroup": {
@@ -618,6 +635,7 @@ def build() -> dict[str, Any]:
         "IotPolicyName": policy_name,
         "TopicRuleName": rule_name,
         "RuleErrorsLocation": _sub(f"s3://${{ExportsBucket}}/{RULE_ERRORS_PREFIX}"),
+        "AlertsTopicArn": _ref("AlertsTopic"),
     }
     assert tuple(outputs_values) == OUTPUTS
     for logical_id, skips in SCANNER_SKIPS.items():

@@ -40,6 +40,7 @@ PHYSICAL = {
     "ExportsBucket": "sp-test-exports",
     "AthenaResultsBucket": "sp-test-athena",
     "GlueDatabase": "sp_test_sensors",
+    "AlertsTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:{STACK}-alerts",
 }
 ATTRIBUTES = {
     "SensorDataTable.Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{STACK}-SensorData",
@@ -271,6 +272,17 @@ def test_names_derive_from_the_stack_name_and_outputs_say_them():
 
 
 # -- the rule -------------------------------------------------------------------------------
+
+
+def test_the_alerts_topic_is_encrypted_and_named_after_the_stack():
+    topic = resolver().resource("AlertsTopic")
+    assert topic == {
+        "TopicName": f"{STACK}-alerts",
+        "DisplayName": "sensor alerts",
+        "KmsMasterKeyId": "alias/aws/sns",
+    }
+    outputs = resolver().resolve(template.build()["Outputs"])
+    assert outputs["AlertsTopicArn"]["Value"] == PHYSICAL["AlertsTopic"]
 
 
 def test_the_templates_rule_sql_is_the_rule_definition():
