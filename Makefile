@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps test test-quick lint demo bench clean
+.PHONY: help setup system-deps test test-quick lint demo dashboard bench clean
 
 help:
 	@echo "make demo        run the local pipeline end to end (sets itself up)"
+	@echo "make dashboard   the dashboard over 10 simulated sensors (Ctrl-C stops it)"
 	@echo "make test        create the venv, install what is missing, run every test"
 	@echo "make test-quick  the same without the slow fault-injection tests"
 	@echo "make lint        ruff, mypy --strict, cfn-lint and checkov"
@@ -82,12 +83,19 @@ lint: setup
 # and ports, so a stack you run from this folder is left alone), then what arrived. Starts
 # afresh each time; stops what it started, even when a step fails.
 DEMO := var/demo
+DASHBOARD_PORT ?= 8050
 BIN := $(abspath $(VENV)/bin)
 demo: setup
 	@if [ -d $(DEMO) ]; then (cd $(DEMO) && $(BIN)/cloud local down >/dev/null); rm -rf $(DEMO); fi
 	@mkdir -p $(DEMO)
 	@set -e; cd $(DEMO); trap '$(BIN)/cloud local down' EXIT; \
 	$(BIN)/cloud local up; \
+	$(BIN)/cloud dashboard --port $(DASHBOARD_PORT) >dashboard.log 2>&1 & dash=$$!; \
+	trap 'kill $$dash 2>/dev/null || true; $(BIN)/cloud local down' EXIT; \
+	for _ in $$(seq 100); do grep -q '^dashboard:' dashboard.log && break; \
+		kill -0 $$dash 2>/dev/null || break; sleep 0.1; done; \
+	echo "== the dashboard, live while the demo runs: $$(sed -n 's/^dashboard: \([^ ]*\).*/\1/p' dashboard.log)"; \
+	grep -q '^dashboard:' dashboard.log || cat dashboard.log; \
 	echo "== 10 simulated sensors x 1000 readings"; \
 	$(BIN)/device-agent simulate --devices 10 --count 1000 --interval 0 -q --outbox-dir outbox; \
 	echo "== per-sensor summary, from the SensorData table"; \
@@ -102,6 +110,16 @@ demo: setup
 	echo "== cloud query --report summary, over the Parquet export"; \
 	$(BIN)/cloud query --report summary; \
 	$(BIN)/cloud plot --id sensor-1 --id sensor-2 --id sensor-3 --out temperature.png
+
+# The demo's stack with 10 simulated sensors at 1 Hz, the alerts of config/alerts.toml
+# watched, and the dashboard in the foreground (its address printed); Ctrl-C stops it all.
+# The stack's data stays in var/demo (`make demo` starts it afresh).
+dashboard: setup
+	@mkdir -p $(DEMO)
+	@set -e; cd $(DEMO); $(BIN)/cloud local up >/dev/null; \
+	$(BIN)/device-agent simulate --devices 10 --interval 1 -q --outbox-dir outbox & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null || true; $(BIN)/cloud local down' EXIT; \
+	$(BIN)/cloud dashboard --port $(DASHBOARD_PORT)
 
 # Every stage against its baseline; `make bench BENCH=--quick` runs each at a small size.
 BENCH ?=
