@@ -1,5 +1,6 @@
 """The fleet's live stream: every device's readings, statuses and health, as they arrive at
-the broker, for a watcher of the cloud side (never a device's identity).
+the broker, for a watcher of the cloud side (never a device's identity). This module is the
+local stack's (and any Mosquitto's); AWS IoT Core's is cloud.live.iot; `open_live` picks.
 
 One paho client (device.transport.session builds it: mutual TLS, MQTT 5) subscribed to
 `sensors/+/data`, `sensors/+/status` and `sensors/+/health`, in paho's own network thread,
@@ -18,7 +19,9 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+import boto3
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -169,19 +172,26 @@ class LiveStream:
             self._on_event(event)
 
 
+class Stream(Protocol):
+    """A live stream of either side: LiveStream (an MQTT broker over mutual TLS) or
+    cloud.live.iot.IotLiveStream (AWS IoT Core, signed with AWS credentials)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 def open_live(
     target: Target, watcher: str, on_event: OnEvent, on_state: OnState, persistent: bool = False
-) -> LiveStream:
+) -> Stream:
     """The live stream of the side `target` names, not started. Locally the stack's broker
     as `watcher` (one of cloud.local.mosquitto.WATCHERS; its certificate issued by the
-    local CA on first use)."""
+    local CA on first use); on AWS, IoT Core as the user's AWS credentials (a session of
+    its own each time: `persistent` is for the local broker only)."""
+    if target.stack is None:
+        return _iot_stream(target, on_event, on_state)
     from cloud.local.identities import device_identity  # the local CA: the cloud half only
 
-    if target.stack is None:
-        raise ConfigError(
-            "the live stream is read from the local stack's broker; on AWS, IoT Core's MQTT "
-            "needs a certificate of the cloud side: give --broker-cert (README, Dashboard)"
-        )
     identity = device_identity(Path(target.stack.root), watcher)
     return LiveStream(
         "127.0.0.1",
@@ -192,3 +202,19 @@ def open_live(
         on_state,
         persistent=persistent,
     )
+
+
+def _iot_stream(target: Target, on_event: OnEvent, on_state: OnState) -> Stream:
+    from cloud.stack.status import iot_data_endpoint
+
+    try:
+        from cloud.live.iot import IotLiveStream
+    except ImportError:
+        raise ConfigError(
+            "the live stream from AWS IoT Core needs awsiotsdk: pip install "
+            "'sensor-pipeline[cloud,awsiot]'"
+        ) from None
+    region = target.endpoint.region or boto3.session.Session().region_name
+    if not region:
+        raise ConfigError("no AWS region: set AWS_REGION (or give the profile a region)")
+    return IotLiveStream(iot_data_endpoint(target.endpoint), region, on_event, on_state)
