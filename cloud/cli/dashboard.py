@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cloud import target as targets
@@ -24,13 +26,28 @@ from cloud.cli.errors import reports_errors
     show_default=True,
     help="Port to serve on (0: a free one, printed).",
 )
+@click.option(
+    "--alerts-state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The state file of `cloud alerts watch` whose active alerts the page shows [the "
+    "local stack's; on AWS, none unless given].",
+)
 @options.target_options
 @reports_errors
-def dashboard(host: str, port: int, target: str | None, endpoint_url: str | None) -> None:
+def dashboard(
+    host: str,
+    port: int,
+    alerts_state: Path | None,
+    target: str | None,
+    endpoint_url: str | None,
+) -> None:
     """Serve a page of every device: its latest reading and that reading's age, online or
     offline, its health, a live chart per sensor (the last hour; 15 minutes to 24 hours to
     choose) and the active alerts. History comes from the table, live readings from the
     broker, as the cloud side's own identity. Prints the page's address; Ctrl-C stops it."""
-    from cloud.dashboard.server import serve  # the web framework: only for this command
+    from cloud.alerts.state import default_state_path
+    from cloud.dashboard.server import alerts_reader, serve  # the web framework: only here
 
-    serve(targets.resolve(target, endpoint_url), host, port)
+    chosen = targets.resolve(target, endpoint_url)
+    state = alerts_state or default_state_path(chosen)
+    serve(chosen, host, port, alerts_reader(state) if state is not None else None)

@@ -11,17 +11,20 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
 import uvicorn
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud.alerts.state import active_alerts
 from cloud.cli.errors import aws_error_line
 from cloud.dashboard.app import create_app
 from cloud.dashboard.assets import uplot_dir
 from cloud.dashboard.live import Live
-from cloud.errors import ConfigError, aws_code
+from cloud.errors import ConfigError, PipelineError, aws_code
 from cloud.live.stream import open_live
 from cloud.target import Target
 
@@ -124,6 +127,25 @@ class Dashboard:
     def stop(self) -> None:
         self.live.hub.close_all()
         self._server.should_exit = True
+
+
+def alerts_reader(path: Path) -> Callable[[], list[dict[str, Any]]]:
+    """The active alerts in the state file of `cloud alerts watch`, as the page shows them.
+    A file that cannot be read shows none, and says why in the log once per change."""
+    said: list[str] = []
+
+    def read() -> list[dict[str, Any]]:
+        try:
+            active = [asdict(a) for a in active_alerts(path)]
+        except PipelineError as exc:
+            if str(exc) not in said:
+                said[:] = [str(exc)]
+                log.warning("active alerts unknown: %s", exc)
+            return []
+        said.clear()
+        return active
+
+    return read
 
 
 def serve(

@@ -25,9 +25,10 @@ import pytest
 from click.testing import CliRunner
 from selenium.webdriver.common.by import By
 
+from cloud.alerts.state import AlertState, Episode, save_state
 from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
-from cloud.dashboard.server import Dashboard
+from cloud.dashboard.server import Dashboard, alerts_reader
 from cloud.identity.local_ca import certs_dir
 from cloud.ingest.rule import to_item
 from cloud.local.mosquitto import Mosquitto
@@ -60,12 +61,13 @@ def local_target(broker_port: int, aws: Endpoint, table: str, pki: Pki, root: Pa
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Target], Dashboard]]:
+def serve() -> Iterator[Callable[..., Dashboard]]:
     """Start dashboards (a free port each), stopped when the test ends."""
     running: list[tuple[Dashboard, threading.Thread]] = []
 
-    def start(target: Target) -> Dashboard:
-        dashboard = Dashboard(target, "127.0.0.1", 0)
+    def start(target: Target, alerts_state: Path | None = None) -> Dashboard:
+        reader = alerts_reader(alerts_state) if alerts_state else None
+        dashboard = Dashboard(target, "127.0.0.1", 0, reader)
         thread = threading.Thread(target=dashboard.run, daemon=True)
         thread.start()
         running.append((dashboard, thread))
@@ -125,7 +127,7 @@ def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
     tmp_path: Path,
     device_id: str,
     tls_args: Callable[[str], list[str]],
-    serve: Callable[[Target], Dashboard],
+    serve: Callable[..., Dashboard],
     browser: Any,
 ) -> None:
     broker: Mosquitto = start_broker()
@@ -205,7 +207,7 @@ def test_unreachable_broker_and_table_are_said_on_the_page(
     table: str,
     pki: Pki,
     tmp_path: Path,
-    serve: Callable[[Target], Dashboard],
+    serve: Callable[..., Dashboard],
     browser: Any,
 ) -> None:
     """Nothing listens on the broker's port, and the table is one that does not exist."""
@@ -224,13 +226,40 @@ def test_unreachable_broker_and_table_are_said_on_the_page(
     console_errors(browser)  # an unreachable part is the page's message, not its failure
 
 
+def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    serve: Callable[..., Dashboard],
+    browser: Any,
+) -> None:
+    """The page lists what the state file of `cloud alerts watch` holds active, as the
+    watcher writes it (cloud.alerts.state), and drops it once the watcher does."""
+    state_path = tmp_path / "alerts-state.json"
+    since = int(time.time() * 1000) - 600_000
+    episode = Episode(
+        "freezer warm", "freezer-1", "threshold", since, since, 9.5, "temperature 9.5 > 8 for 10m"
+    )
+    save_state(state_path, AlertState(episodes={(episode.rule, episode.sensor_id): episode}))
+    target = local_target(start_broker().config.port, aws, table, pki, tmp_path)
+    dashboard = serve(target, state_path)
+    browser.get(dashboard.url)
+    items = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#alert-list li")]  # noqa: E731
+    wait_until(lambda: len(items()) == 1 and items()[0].startswith("freezer warm"), 10, "it")
+    assert items()[0].startswith("freezer warm · freezer-1: temperature 9.5 > 8 for 10m (since ")
+    save_state(state_path, AlertState())
+    wait_until(lambda: items() == ["none"], 10, f"the alert gone (the page shows {items()})")
+
+
 def test_history_refuses_a_bad_id_or_range_in_one_line(
     start_broker: BrokerFactory,
     aws: Endpoint,
     table: str,
     pki: Pki,
     tmp_path: Path,
-    serve: Callable[[Target], Dashboard],
+    serve: Callable[..., Dashboard],
 ) -> None:
     dashboard = serve(local_target(start_broker().config.port, aws, table, pki, tmp_path))
     status, body = get_json(f"{dashboard.url}api/history?id=a%2Fb&minutes=60")
