@@ -18,11 +18,14 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from cloud.alerts.engine import Notification
-from cloud.errors import ConfigError, PipelineError
+from cloud.errors import ConfigError, PipelineError, StackNotFound
 from cloud.timeparse import iso_ms
+
+if TYPE_CHECKING:
+    from cloud.aws import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,30 @@ class Sns:
             )
         except (BotoCoreError, ClientError) as exc:
             raise NotifyError(f"SNS {self.topic_arn}: {exc}") from None
+
+
+#: The stack's Output naming its alerts topic (cloud.stack.template).
+TOPIC_OUTPUT = "AlertsTopicArn"
+
+
+def stack_topic_arn(endpoint: Endpoint, stack_name: str) -> str:
+    """The deployed stack's alerts topic; ConfigError saying what to do if there is none."""
+    from cloud.stack.deploy import stack_outputs
+
+    try:
+        outputs = stack_outputs(endpoint, stack_name)
+    except StackNotFound:
+        raise ConfigError(
+            f"no stack {stack_name} for the alerts' SNS topic: deploy it with `cloud deploy`, "
+            "or give --no-sns (or --sns-topic ARN)"
+        ) from None
+    arn = outputs.get(TOPIC_OUTPUT)
+    if not arn:
+        raise ConfigError(
+            f"the stack {stack_name} has no {TOPIC_OUTPUT} (deployed before alerts were): "
+            "update it with `cloud deploy`, or give --no-sns"
+        )
+    return arn
 
 
 class FloodGate:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from cloud.alerts.engine import Engine, Notification
 from cloud.alerts.notify import FloodGate, NotifyError, Remote, Stdout, text_line
@@ -30,6 +30,7 @@ from cloud.alerts.rules import RuleSet
 from cloud.alerts.state import AlertState, load_state, save_state
 from cloud.errors import ConfigError
 from cloud.live.events import LiveEvent
+from cloud.live.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ SAVE_EVERY_MS = 5_000
 OUTBOX_MAX = 1000
 #: How long a stopping watcher lets the remotes take what is queued before it saves the rest.
 DRAIN_S = 10.0
-
-
-class Stream(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
 
 
 def now_ms() -> int:

@@ -13,6 +13,7 @@ import sys
 import click
 
 from cloud.cli import (
+    alerts,
     aws,
     dashboard,
     data,
@@ -45,6 +46,7 @@ def main(verbose: bool) -> None:
 
 # click lists them by name, whatever the order here.
 for command in (
+    alerts.alerts,
     local.local,
     status.status,
     identity.provision,

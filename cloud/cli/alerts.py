@@ -14,16 +14,16 @@ from types import FrameType
 import click
 
 from cloud import target as targets
-from cloud.alerts.notify import Remote, Sns, Stdout, Webhook
+from cloud.alerts.notify import Remote, Sns, Stdout, Webhook, stack_topic_arn
 from cloud.alerts.replay import replay
 from cloud.alerts.rules import DEFAULT_PATH, RuleSet, load_rules
 from cloud.alerts.state import default_state_path
 from cloud.alerts.watch import StateLock, Watcher
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
-from cloud.errors import ConfigError, StackNotFound
+from cloud.errors import ConfigError
 from cloud.identity.local_ca import Identity
-from cloud.live.stream import LiveStream, open_live
+from cloud.live.stream import LiveStream, Stream, open_live
 from cloud.table import query_readings, summarize
 from cloud.target import Target
 from cloud.timeparse import iso_ms, parse_time_ms
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 #: The watcher identity of the local stack's broker (cloud.local.mosquitto.WATCHERS).
 WATCHER = "alerts"
-#: The stack's Output naming its alerts topic (cloud.stack.template).
-TOPIC_OUTPUT = "AlertsTopicArn"
 
 rules_option = click.option(
     "--rules",
@@ -140,22 +138,27 @@ def watch(
     if sns_topic:
         remotes.append(Sns(side().endpoint.client("sns"), sns_topic))
     elif sns or (sns is None and side().name == "aws"):
-        remotes.append(Sns(side().endpoint.client("sns"), _stack_topic(side(), stack_name)))
+        remotes.append(
+            Sns(side().endpoint.client("sns"), stack_topic_arn(side().endpoint, stack_name))
+        )
     if state_path is None:
         state_path = default_state_path(side()) or Path("var/alerts/aws-state.json")
     with StateLock(state_path):
         watcher = Watcher(rules, state_path, Stdout(sys.stdout, fmt), remotes)
+        stream: Stream
         if broker is not None:
             assert cert is not None and key is not None and ca is not None
             stream = _stream(broker, Identity(cert, key, ca), client_id, watcher)
+            where = broker
         else:
             stream = open_live(side(), WATCHER, watcher.on_event, watcher.on_state, True)
+            where = "the local stack's broker" if side().stack else "AWS IoT Core"
         sinks = ", ".join(["stdout", *(f"{r.name}" for r in remotes)])
         log.info(
             "watching %s (%d rule(s)) on %s; notifying %s; state in %s",
             rules_path,
             len(rules.rules),
-            stream.label,
+            where,
             sinks,
             state_path,
         )
@@ -188,26 +191,6 @@ def _stream(url: str, identity: Identity, client_id: str, watcher: Watcher) -> L
         watcher.on_state,
         persistent=True,
     )
-
-
-def _stack_topic(target: Target, stack_name: str) -> str:
-    """The deployed stack's alerts topic."""
-    from cloud.stack.deploy import stack_outputs
-
-    try:
-        outputs = stack_outputs(target.endpoint, stack_name)
-    except StackNotFound:
-        raise ConfigError(
-            f"no stack {stack_name} for the alerts' SNS topic: deploy it with `cloud deploy`, "
-            "or give --no-sns (or --sns-topic ARN)"
-        ) from None
-    arn = outputs.get(TOPIC_OUTPUT)
-    if not arn:
-        raise ConfigError(
-            f"the stack {stack_name} has no {TOPIC_OUTPUT}: update it with `cloud deploy`, "
-            "or give --no-sns"
-        )
-    return arn
 
 
 _DURATION = re.compile(r"^\d+(?:\.\d+)?[smhdw]$")
