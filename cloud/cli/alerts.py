@@ -135,6 +135,10 @@ def watch(
             chosen = targets.resolve(target, endpoint_url)
         return chosen
 
+    if (sns or sns_topic) and side().stack is not None:
+        raise ConfigError(
+            "--sns/--sns-topic: the local stack has no SNS; use --webhook, or --target aws"
+        )
     if sns_topic:
         remotes.append(Sns(side().endpoint.client("sns"), sns_topic))
     elif sns or (sns is None and side().name == "aws"):

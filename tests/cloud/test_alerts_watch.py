@@ -374,3 +374,24 @@ def test_alerts_test_replays_the_tables_readings(
         "cleared",
         "fired",
     ]
+
+
+def test_watch_refuses_what_it_cannot_do_before_it_starts(aws: Endpoint, tmp_path: Path):
+    rules = rules_file(tmp_path / "a.toml", "s1", "s2")
+    base = ["alerts", "watch", "--rules", str(rules), "--state", str(tmp_path / "s.json")]
+    result = CliRunner().invoke(main, [*base, "--broker", "mqtts://127.0.0.1:8883"])
+    assert result.exit_code == 2
+    assert "--broker goes with --cert, --key and --ca (all four)" in result.output
+    result = CliRunner().invoke(main, [*base, "--webhook", "ftp://x/"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: --webhook 'ftp://x/': give an http:// or https:// URL\n",
+    )
+    # On AWS the alerts go to the stack's topic: no stack, no watcher (unless --no-sns).
+    aws_side = ["--target", "aws", "--endpoint-url", str(aws.url), "--stack-name", "no-such"]
+    result = CliRunner().invoke(main, [*base, *aws_side])
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: no stack no-such for the alerts' SNS topic: deploy it with `cloud deploy`, or "
+        "give --no-sns (or --sns-topic ARN)\n",
+    )
