@@ -169,8 +169,12 @@ class Watch:
         self.out: list[str] = []
         self.err: list[str] = []
         self._cond = threading.Condition()
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self, stream: Any, lines: list[str]) -> None:
         for line in stream:
@@ -186,9 +190,18 @@ class Watch:
             )
         assert ok and self.proc.poll() is None, f"no {text!r} on stderr: {self.err}"
 
+    def wait_out(self, n: int) -> list[str]:
+        """The first `n` lines of stdout (a pipe may lag behind the webhook)."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.out) >= n, 30), self.out
+            return self.out[:n]
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+        code = self.proc.wait(30)
+        for reader in self._readers:  # every line it wrote, read to the end
+            reader.join(10)
+        return code
 
 
 def rules_file(path: Path, dev: str, ghost: str, marker: bool = False) -> Path:
@@ -254,7 +267,7 @@ def test_watch_fires_and_clears_once_even_across_a_kill_and_restart(
     )
     receiver.wait(lambda b: len(b) >= 3, "offline to fire")
     assert (receiver.bodies[2]["rule"], receiver.bodies[2]["event"]) == ("down", "fired")
-    assert first.out == [
+    assert first.wait_out(3) == [
         f"2025-11-28T16:00:00.000Z FIRED   too-warm {dev}: temperature 9.5 > 8 (since "
         "2025-11-28T16:00:00.000Z)",
         f"{quiet['at']} FIRED   ghost-quiet {ghost}: {quiet['message']}",
@@ -305,6 +318,7 @@ def test_watch_fires_and_clears_once_even_across_a_kill_and_restart(
         f"Error: another `cloud alerts watch` (pid {second.proc.pid}) uses {state}: stop it, "
         "or give this one --state of its own\n"
     )
+    assert len(second.wait_out(3)) == 3
     assert second.stop() == 0
     assert len(second.out) == 3
     saved = json.loads(state.read_text())
