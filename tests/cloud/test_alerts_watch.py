@@ -3,6 +3,7 @@ real broker, a webhook receiver that checks the exact JSON, SNS on moto, the tab
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,11 +18,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cloud.alerts.notify import NotifyError, Sns, Webhook, stack_topic_arn
+from cloud.alerts.notify import NotifyError, Sns, Stdout, Webhook, stack_topic_arn
+from cloud.alerts.rules import parse_rules
+from cloud.alerts.watch import Watcher
 from cloud.aws import Endpoint
 from cloud.cli import main
 from cloud.errors import ConfigError
 from cloud.ingest.rule import to_item
+from cloud.live.events import LiveEvent
 from cloud.local.ports import free_port
 from cloud.stack.deploy import deploy
 from cloud.timeparse import iso_ms, parse_time_ms
@@ -409,3 +413,48 @@ def test_watch_refuses_what_it_cannot_do_before_it_starts(aws: Endpoint, tmp_pat
         "Error: no stack no-such for the alerts' SNS topic: deploy it with `cloud deploy`, or "
         "give --no-sns (or --sns-topic ARN)\n",
     )
+
+
+class FakeStream:
+    """Stands in for the broker in-process: says it receives once started."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def start(self) -> None:
+        self.watcher.on_state(None)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_dead_webhook_holds_up_nothing_and_is_given_up_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    gate = threading.Event()  # the webhook's pause between attempts lasts until we say so
+    hook = Webhook(
+        f"http://127.0.0.1:{free_port()}/", timeout=1, attempts=2, sleep=lambda s: gate.wait(30)
+    )
+    out = io.StringIO()
+    state = tmp_path / "state.json"
+    rules = parse_rules('[[rule]]\nname = "r"\nwhen = "seq gap"\n')
+    watcher = Watcher(rules, state, Stdout(out), [hook])
+    stop = threading.Event()
+    runner = threading.Thread(target=watcher.run, args=(FakeStream(watcher), stop, 0.05))
+    runner.start()
+    for i, seq in enumerate([0, 5, 6, 10]):
+        r = Reading("s1", T0 + i, seq, 20.0)
+        watcher.on_event(LiveEvent("reading", "s1", T0 + i, reading=r))
+    # Evaluated and printed at once, while the webhook is still between its attempts.
+    assert [line.split(" ", 2)[1] for line in out.getvalue().splitlines()] == [
+        "FIRED",
+        "CLEARED",
+        "FIRED",
+    ]
+    assert len(json.loads(state.read_text())["outbox"]) == 3
+    gate.set()
+    wait_until(lambda: json.loads(state.read_text())["outbox"] == [], 30, "the outbox to empty")
+    stop.set()
+    runner.join(30)
+    failures = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(failures) == 3 and "ConnectionRefusedError" in failures[0]
