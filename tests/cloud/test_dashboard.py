@@ -10,7 +10,6 @@ agents and the browser are the real ones.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import threading
@@ -29,14 +28,13 @@ from cloud.alerts.state import AlertState, Episode, save_state
 from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
 from cloud.dashboard.server import Dashboard, alerts_reader
-from cloud.identity.local_ca import certs_dir
 from cloud.ingest.rule import to_item
 from cloud.local.mosquitto import Mosquitto
 from cloud.local.ports import free_port
-from cloud.local.state import StackState
 from cloud.target import Target
 from device.payload import Reading
 from tests.browser import chromium, console_errors, screenshot
+from tests.cloud.fleet import stack_target
 from tests.conftest import BrokerFactory, Pki
 from tests.mqtt import MqttClient, device_args, start_agent, wait_until
 
@@ -46,18 +44,7 @@ NO_VALUE = "\N{EN DASH}"
 
 
 def local_target(broker_port: int, aws: Endpoint, table: str, pki: Pki, root: Path) -> Target:
-    """A local stack made of a test broker and moto's table; its dashboard identity the test
-    CA's, as the stack's own CA would have issued it."""
-    ident = pki.device(WATCHER)
-    folder = certs_dir(root) / WATCHER
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (ident.cert, ident.key, ident.ca):
-        shutil.copy2(path, folder / path.name)
-    table_port = int((aws.url or "").rsplit(":", 1)[1])
-    state = StackState(
-        root=str(root), mqtt_port=broker_port, table_port=table_port, data_dir=str(root / "data")
-    )
-    return Target("local", state.endpoint, table, state, "test")
+    return stack_target(broker_port, aws, table, pki, root, WATCHER)
 
 
 @pytest.fixture
@@ -163,7 +150,11 @@ def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
             f"{sensor_id} online with a reading",
         )
         wait_until(lambda s=sensor_id: row_text(browser, s, "outbox") != NO_VALUE, 20, "its health")
-    # The table's history is on the chart, with the live readings after it.
+    # The table's history is on the chart, with the live readings after it. (A device the
+    # page learns of after its snapshot has its history fetched then.)
+    wait_until(
+        lambda: len((chart(browser, steady) or [[]])[0]) > len(history), 10, "history charted"
+    )
     data = chart(browser, steady)
     assert data is not None
     assert [r.ts for r in history] == data[0][: len(history)]
@@ -246,7 +237,14 @@ def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
     target = local_target(start_broker().config.port, aws, table, pki, tmp_path)
     dashboard = serve(target, state_path)
     browser.get(dashboard.url)
-    items = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#alert-list li")]  # noqa: E731
+
+    def items() -> list[str]:
+        # Read in one go: the list is redrawn whole when the alerts change.
+        texts: list[str] = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#alert-list li'), e => e.textContent)"
+        )
+        return texts
+
     wait_until(lambda: len(items()) == 1 and items()[0].startswith("freezer warm"), 10, "it")
     assert items()[0].startswith("freezer warm · freezer-1: temperature 9.5 > 8 for 10m (since ")
     save_state(state_path, AlertState())
