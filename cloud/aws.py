@@ -35,12 +35,16 @@ class Endpoint:
     def is_local(self) -> bool:
         return self.url is not None and self.url.startswith(("http://127.", "http://localhost"))
 
-    def client(self, service: str, **config: Any) -> Any:
-        region = (
+    def region_name(self) -> str:
+        """The region calls go to: the endpoint's, else AWS_REGION, AWS_DEFAULT_REGION."""
+        return (
             self.region
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION)
         )
+
+    def client(self, service: str, **config: Any) -> Any:
+        region = self.region_name()
         config.setdefault("retries", {"mode": "standard", "max_attempts": 5})
         kwargs: dict[str, Any] = {"region_name": region, "config": Config(**config)}
         if self.url:

@@ -118,10 +118,18 @@ def save_state(path: Path, state: AlertState) -> None:
     fsync_dir(path.parent)
 
 
-def default_state_path(target: Target) -> Path | None:
-    """Locally the stack's data folder holds it; on AWS there is no default (--state)."""
+#: Where the state of a watcher on AWS is kept, from the folder it runs in.
+AWS_STATE = Path("var/alerts/aws-state.json")
+
+
+def default_state_path(target: Target) -> Path:
+    """CLOUD_ALERTS_STATE, else the local stack's data folder, else (AWS) AWS_STATE: the
+    watcher writes there and the dashboard reads there, unless told otherwise."""
+    given = os.environ.get("CLOUD_ALERTS_STATE")
+    if given:
+        return Path(given)
     if target.stack is None:
-        return None
+        return AWS_STATE
     return target.stack.data / STATE_NAME
 
 

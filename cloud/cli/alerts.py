@@ -146,7 +146,7 @@ def watch(
             Sns(side().endpoint.client("sns"), stack_topic_arn(side().endpoint, stack_name))
         )
     if state_path is None:
-        state_path = default_state_path(side()) or Path("var/alerts/aws-state.json")
+        state_path = default_state_path(side())
     with StateLock(state_path):
         watcher = Watcher(rules, state_path, Stdout(sys.stdout, fmt), remotes)
         stream: Stream

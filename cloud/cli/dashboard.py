@@ -29,8 +29,9 @@ from cloud.cli.errors import reports_errors
 @click.option(
     "--alerts-state",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The state file of `cloud alerts watch` whose active alerts the page shows [the "
-    "local stack's; on AWS, none unless given].",
+    help="The state file of `cloud alerts watch` whose active alerts the page shows [as the "
+    "watcher's --state: CLOUD_ALERTS_STATE, else the local stack's data folder, else "
+    "var/alerts/aws-state.json].",
 )
 @options.target_options
 @reports_errors
@@ -50,4 +51,4 @@ def dashboard(
 
     chosen = targets.resolve(target, endpoint_url)
     state = alerts_state or default_state_path(chosen)
-    serve(chosen, host, port, alerts_reader(state) if state is not None else None)
+    serve(chosen, host, port, alerts_reader(state))

@@ -29,7 +29,13 @@ _SUBACK_FAILURE_MIN = 0x80
 
 class IotLiveStream:
     def __init__(
-        self, host: str, region: str, on_event: OnEvent, on_state: OnState, port: int = 443
+        self,
+        host: str,
+        region: str,
+        watcher: str,
+        on_event: OnEvent,
+        on_state: OnState,
+        port: int = 443,
     ) -> None:
         # awsiotsdk (awscrt) comes with the awsiot extra: imported only for AWS.
         from awscrt import auth, mqtt5
@@ -44,7 +50,8 @@ class IotLiveStream:
             port=port,
             region=region,
             credentials_provider=auth.AwsCredentialsProvider.new_default_chain(),
-            client_id=f"cloud-dashboard-{secrets.token_hex(4)}",
+            # cloud-dashboard-..., cloud-alerts-...: the IAM policy's client/cloud-*.
+            client_id=f"cloud-{watcher}-{secrets.token_hex(4)}",
             session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
             enable_metrics_collection=False,
             on_lifecycle_connection_success=self._connected,

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import boto3
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -189,7 +188,7 @@ def open_live(
     local CA on first use); on AWS, IoT Core as the user's AWS credentials (a session of
     its own each time: `persistent` is for the local broker only)."""
     if target.stack is None:
-        return _iot_stream(target, on_event, on_state)
+        return _iot_stream(target, watcher, on_event, on_state)
     from cloud.local.identities import device_identity  # the local CA: the cloud half only
 
     identity = device_identity(Path(target.stack.root), watcher)
@@ -204,7 +203,7 @@ def open_live(
     )
 
 
-def _iot_stream(target: Target, on_event: OnEvent, on_state: OnState) -> Stream:
+def _iot_stream(target: Target, watcher: str, on_event: OnEvent, on_state: OnState) -> Stream:
     from cloud.stack.status import iot_data_endpoint
 
     try:
@@ -214,7 +213,5 @@ def _iot_stream(target: Target, on_event: OnEvent, on_state: OnState) -> Stream:
             "the live stream from AWS IoT Core needs awsiotsdk: pip install "
             "'sensor-pipeline[cloud,awsiot]'"
         ) from None
-    region = target.endpoint.region or boto3.session.Session().region_name
-    if not region:
-        raise ConfigError("no AWS region: set AWS_REGION (or give the profile a region)")
-    return IotLiveStream(iot_data_endpoint(target.endpoint), region, on_event, on_state)
+    host = iot_data_endpoint(target.endpoint)
+    return IotLiveStream(host, target.endpoint.region_name(), watcher, on_event, on_state)

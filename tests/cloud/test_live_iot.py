@@ -27,7 +27,9 @@ def test_an_unreachable_iot_endpoint_is_reported_and_retried(
         if len(states) >= 2:
             two.set()
 
-    stream = IotLiveStream("127.0.0.1", "us-east-1", lambda e: None, on_state, port=port)
+    stream = IotLiveStream(
+        "127.0.0.1", "us-east-1", "dashboard", lambda e: None, on_state, port=port
+    )
     stream.start()
     try:
         assert two.wait(20), f"two failed attempts reported; got {states}"
