@@ -39,22 +39,30 @@ def local_target(
     The stack's fleet certificate is the test CA's, as the stack's own CA would have issued
     it; only the target's resolution is replaced, not what a command does.
     """
-    fleet = pki.device(FLEET_IDENTITY)
-    folder = certs_dir(root) / FLEET_IDENTITY
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (fleet.cert, fleet.key, fleet.ca):
-        shutil.copy2(path, folder / path.name)
-    port = int((aws.url or "").rsplit(":", 1)[1])
-    state = StackState(
-        root=str(root), mqtt_port=broker.config.port, table_port=port, data_dir=str(root / "data")
-    )
-    target = Target("local", state.endpoint, table, state, "test")
+    target = stack_target(broker.config.port, aws, table, pki, root, FLEET_IDENTITY)
     monkeypatch.setattr(fleet_cli.targets, "resolve", lambda *_: target)
 
     def cloud(*args: str) -> Result:
         return CliRunner().invoke(cloud_main, list(args), catch_exceptions=False)
 
     return cloud
+
+
+def stack_target(
+    broker_port: int, aws: Endpoint, table: str, pki: Pki, root: Path, identity: str
+) -> Target:
+    """A local stack in `root` made of a test broker and moto's table, with `identity`'s
+    certificate (the test CA's) where the stack's own CA would have issued it."""
+    ident = pki.device(identity)
+    folder = certs_dir(root) / identity
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (ident.cert, ident.key, ident.ca):
+        shutil.copy2(path, folder / path.name)
+    table_port = int((aws.url or "").rsplit(":", 1)[1])
+    state = StackState(
+        root=str(root), mqtt_port=broker_port, table_port=table_port, data_dir=str(root / "data")
+    )
+    return Target("local", state.endpoint, table, state, "test")
 
 
 def retain(broker: Mosquitto, pki: Pki, device_id: str, what: str, body: Any) -> None:
