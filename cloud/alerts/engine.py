@@ -28,6 +28,7 @@ from cloud.alerts.rules import (
     Stale,
     Threshold,
     format_duration,
+    format_span,
 )
 from cloud.alerts.state import AlertState, Episode, SensorState
 from cloud.live.events import LiveEvent
@@ -188,7 +189,7 @@ class Engine:
             if r.ts - start < c.duration_ms:
                 return []
             del self.state.runs[key]
-            span = f" for {format_duration(r.ts - start)}" if c.duration_ms else ""
+            span = f" for {format_span(r.ts - start)}" if c.duration_ms else ""
             text = f"{c.metric} {_num(x)} {c.op} {_num(c.value)}{span} (since {iso_ms(start)})"
             return [self._fire(rule, r.sensor_id, start, r.ts, x, text)]
         if not c.cleared_by(x):
@@ -219,7 +220,7 @@ class Engine:
                 return []
             verb = "rose" if c.direction == "rises" else "fell"
             text = (
-                f"{c.metric} {verb} {_num(round(change, 6))} in {format_duration(r.ts - base_ts)}"
+                f"{c.metric} {verb} {_num(round(change, 6))} in {format_span(r.ts - base_ts)}"
                 f" ({_num(base)} -> {_num(x)})"
             )
             return [self._fire(rule, r.sensor_id, base_ts, r.ts, round(change, 6), text)]
@@ -249,7 +250,7 @@ class Engine:
         episode = self.state.episodes.get((rule.name, sensor_id))
         if episode is None:
             return []
-        quiet = format_duration(max(0, received_ms - episode.since_ms))
+        quiet = format_span(max(0, received_ms - episode.since_ms))
         return self._clearing(rule, episode, received_ms, None, f"reading again after {quiet}")
 
     def _stale_tick(self, rule: Rule, c: Stale, sensor_id: str, now: int) -> list[Notification]:
@@ -263,7 +264,7 @@ class Engine:
             if now - max(last or 0, self.started_ms) >= c.duration_ms:
                 episode.clearing_since_ms = None  # silent again before it could clear
                 return []
-            quiet = format_duration(max(0, episode.clearing_since_ms - episode.since_ms))
+            quiet = format_span(max(0, episode.clearing_since_ms - episode.since_ms))
             return self._clearing(rule, episode, now, None, f"reading again after {quiet}")
         reference = max(last or 0, self.started_ms)
         due = reference + c.duration_ms
@@ -287,13 +288,13 @@ class Engine:
         if episode is None:
             if not offline or now - since < c.duration_ms:
                 return []
-            text = f"offline for {format_duration(now - since)} (since {iso_ms(since)})"
+            text = f"offline for {format_span(now - since)} (since {iso_ms(since)})"
             return [self._fire(rule, sensor_id, since, since + c.duration_ms, None, text)]
         if offline:
             episode.clearing_since_ms = None
             return []
         online_at = since if episode.clearing_since_ms is None else episode.clearing_since_ms
-        away = format_duration(max(0, online_at - episode.since_ms))
+        away = format_span(max(0, online_at - episode.since_ms))
         if episode.clearing_since_ms is None:
             episode.clearing_since_ms = online_at
         return self._clearing(rule, episode, now, None, f"online again after {away}")

@@ -100,6 +100,12 @@ def format_duration(ms: int) -> str:
     return "".join(parts)
 
 
+def format_span(ms: int) -> str:
+    """A measured time, as format_duration, to the second from a second up: "for 20s",
+    not "for 20s1ms"."""
+    return format_duration(ms if ms < 1000 else round(ms / 1000) * 1000)
+
+
 # -- conditions, one class per kind ---------------------------------------------------------
 
 

@@ -233,8 +233,9 @@
     for (const alert of dash.alerts) {
       const item = document.createElement("li");
       item.className = "active";
-      const since = alert.since_ms ? " (since " + new Date(alert.since_ms).toLocaleTimeString() + ")" : "";
-      item.textContent = alert.rule + " · " + alert.sensor_id + ": " + alert.message + since;
+      // The watcher's message says since when, in its own words.
+      item.textContent = alert.rule + " · " + alert.sensor_id + ": " + alert.message;
+      item.title = alert.kind + ", since " + new Date(alert.since_ms).toLocaleString();
       list.appendChild(item);
     }
   }
