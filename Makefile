@@ -91,7 +91,7 @@ demo: setup
 	@set -e; cd $(DEMO); trap '$(BIN)/cloud local down' EXIT; \
 	$(BIN)/cloud local up; \
 	$(BIN)/cloud dashboard --port $(DASHBOARD_PORT) >dashboard.log 2>&1 & dash=$$!; \
-	trap 'kill $$dash 2>/dev/null || true; $(BIN)/cloud local down' EXIT; \
+	trap 'kill $$dash 2>/dev/null || true; $(BIN)/cloud local down' EXIT; trap 'exit 130' INT TERM; \
 	for _ in $$(seq 100); do grep -q '^dashboard:' dashboard.log && break; \
 		kill -0 $$dash 2>/dev/null || break; sleep 0.1; done; \
 	echo "== the dashboard, live while the demo runs: $$(sed -n 's/^dashboard: \([^ ]*\).*/\1/p' dashboard.log)"; \
@@ -118,7 +118,9 @@ dashboard: setup
 	@mkdir -p $(DEMO)
 	@set -e; cd $(DEMO); $(BIN)/cloud local up >/dev/null; \
 	$(BIN)/device-agent simulate --devices 10 --interval 1 -q --outbox-dir outbox & sim=$$!; \
-	trap 'kill $$sim 2>/dev/null || true; $(BIN)/cloud local down' EXIT; \
+	$(BIN)/cloud alerts watch --rules $(abspath config/alerts.toml) >alerts.log 2>&1 & watch=$$!; \
+	trap 'kill $$sim $$watch 2>/dev/null || true; $(BIN)/cloud local down' EXIT; trap 'exit 130' INT TERM; \
+	echo "alerts: $(DEMO)/alerts.log"; \
 	$(BIN)/cloud dashboard --port $(DASHBOARD_PORT)
 
 # Every stage against its baseline; `make bench BENCH=--quick` runs each at a small size.
