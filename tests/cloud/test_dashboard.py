@@ -251,6 +251,45 @@ def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
     wait_until(lambda: items() == ["none"], 10, f"the alert gone (the page shows {items()})")
 
 
+def test_the_live_stream_comes_back_with_the_broker(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    device_id: str,
+    serve: Callable[..., Dashboard],
+) -> None:
+    """Killed, the broker is said to be gone; restarted on its port, the dashboard is back on
+    its own and shows readings sent after."""
+    broker: Mosquitto = start_broker()
+    dashboard = serve(local_target(broker.config.port, aws, table, pki, tmp_path))
+
+    def sources() -> dict[str, Any]:
+        return dict(get_json(f"{dashboard.url}api/devices")[1]["sources"])
+
+    wait_until(lambda: sources()["broker"] is None, 10, "the stream connected")
+    broker.kill()
+    wait_until(lambda: sources()["broker"] is not None, 10, "the broker said gone")
+    assert sources()["broker"].startswith(f"lost the broker at mqtts://127.0.0.1:{broker.config.port}")
+    broker.start()
+    wait_until(lambda: sources()["broker"] is None, 20, "the stream back")
+    client = MqttClient.open(broker.config.port, pki.device(device_id), f"{device_id}-t")
+    try:
+        sent = Reading(device_id, int(time.time() * 1000), 0, 12.5)
+        info = client.client.publish(sent.topic, sent.to_payload(), qos=1)
+        client.wait(lambda: info.mid in client.acks, "a PUBACK")
+    finally:
+        client.close()
+
+    def newest() -> Any:
+        devices = get_json(f"{dashboard.url}api/devices")[1]["devices"]
+        return next((d["reading"] for d in devices if d["id"] == device_id), None)
+
+    wait_until(lambda: newest() is not None, 10, "the reading sent after the restart")
+    assert newest() == {"ts": sent.ts, "seq": 0, "temperature": 12.5}
+
+
 def test_history_refuses_a_bad_id_or_range_in_one_line(
     start_broker: BrokerFactory,
     aws: Endpoint,
