@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.alerts.notify import NotifyError, Sns, Stdout, Webhook, stack_topic_arn
+from cloud.alerts.rules import format_span as span
 from cloud.alerts.rules import parse_rules
 from cloud.alerts.watch import Watcher
 from cloud.aws import Endpoint
@@ -458,3 +459,127 @@ def test_a_dead_webhook_holds_up_nothing_and_is_given_up_on(
     runner.join(30)
     failures = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert len(failures) == 3 and "ConnectionRefusedError" in failures[0]
+
+
+def test_every_kind_fires_and_clears_through_the_webhook(
+    start_broker: BrokerFactory, pki: Pki, receiver: Receiver, device_id: str, tmp_path: Path
+):
+    """One watcher, a rule of each kind on a sensor of its own, crafted readings and
+    statuses: each rule's two notifications, as the webhook receives them."""
+    broker = start_broker()
+    port = broker.config.port
+    ident = pki.device("alerts")
+    warm, rate, gap, quiet, off = (f"{device_id}-{n}" for n in ("warm", "rate", "gap", "q", "off"))
+    rules = tmp_path / "kinds.toml"
+    rules.write_text(
+        f'[[rule]]\nname = "warm"\nwhen = "temperature > 8 for 2s"\nsensors = ["{warm}"]\n'
+        f'[[rule]]\nname = "rise"\nwhen = "temperature rises 2 in 10s"\nsensors = ["{rate}"]\n'
+        f'[[rule]]\nname = "gap"\nwhen = "seq gap"\nsensors = ["{gap}"]\n'
+        f'[[rule]]\nname = "quiet"\nwhen = "no reading for 1s"\nsensors = ["{quiet}"]\n'
+        f'[[rule]]\nname = "off"\nwhen = "offline"\nsensors = ["{off}"]\n'
+    )
+    tls = ["--cert", str(ident.cert), "--key", str(ident.key), "--ca", str(ident.ca)]
+    broker_args = ["--broker", f"mqtts://127.0.0.1:{port}", *tls, "--no-sns"]
+    state = ["--state", str(tmp_path / "s.json")]
+    watch = Watch([*broker_args, *state, "--webhook", receiver.url, "--rules", str(rules)])
+    watch.wait_err("receiving the live stream")
+
+    def send(sensor: str, *readings: tuple[int, int, float]) -> None:
+        client = MqttClient.open(port, pki.device(sensor), f"raw-{sensor}")
+        try:
+            for offset_s, seq, temperature in readings:
+                reading = Reading(sensor, T0 + offset_s * 1000, seq, temperature)
+                client.publish(reading.topic, reading.to_payload())
+        finally:
+            client.close()
+
+    def status(sensor: str, text: bytes) -> None:
+        client = MqttClient.open(port, pki.device(sensor), f"raw-{sensor}")
+        try:
+            client.client.publish(f"sensors/{sensor}/status", text, qos=1).wait_for_publish(10)
+        finally:
+            client.close()
+
+    def of(rule: str) -> list[dict[str, Any]]:
+        return [b for b in receiver.bodies if b.get("rule") == rule]
+
+    def body(rule: str, when: str, sensor: str, kind: str, **rest: Any) -> dict[str, Any]:
+        return {"rule": rule, "when": when, "sensor_id": sensor, "kind": kind, **rest}
+
+    # Threshold on the readings' clock: above 8 for 2 s, then back down.
+    send(warm, (0, 0, 9.0), (1, 1, 9.5), (2, 2, 10.0), (3, 3, 6.0))
+    receiver.wait(lambda b: len(of("warm")) == 2, "warm to fire and clear")
+    assert of("warm") == [
+        body("warm", "temperature > 8 for 2s", warm, "threshold", event="fired",
+             since=iso_ms(T0), at=iso_ms(T0 + 2000), value=10.0,
+             message=f"temperature 10 > 8 for 2s (since {iso_ms(T0)})",
+             episode=f"warm/{warm}/{T0}"),
+        body("warm", "temperature > 8 for 2s", warm, "threshold", event="cleared",
+             since=iso_ms(T0), at=iso_ms(T0 + 3000), value=6.0,
+             message="temperature back to 6 (rule: > 8)", episode=f"warm/{warm}/{T0}"),
+    ]  # fmt: skip
+
+    # Rate of change: 20 -> 23 in 5 s fires; 20 s on, nothing in the window rose 2.
+    send(rate, (0, 0, 20.0), (5, 1, 23.0), (20, 2, 23.0))
+    receiver.wait(lambda b: len(of("rise")) == 2, "rise to fire and clear")
+    fired, cleared = of("rise")
+    assert fired == body(
+        "rise", "temperature rises 2 in 10s", rate, "rate", event="fired", since=iso_ms(T0),
+        at=iso_ms(T0 + 5000), value=3.0, message="temperature rose 3 in 5s (20 -> 23)",
+        episode=f"rise/{rate}/{T0}",
+    )  # fmt: skip
+    assert cleared == body(
+        "rise", "temperature rises 2 in 10s", rate, "rate", event="cleared", since=iso_ms(T0),
+        at=iso_ms(T0 + 20_000), value=23.0, message="temperature steady again at 23",
+        episode=f"rise/{rate}/{T0}",
+    )  # fmt: skip
+
+    # A seq gap: 0, then 3 (1 and 2 lost); the next in sequence clears it.
+    send(gap, (0, 0, 20.0), (1, 3, 20.0), (2, 4, 20.0))
+    receiver.wait(lambda b: len(of("gap")) == 2, "gap to fire and clear")
+    assert of("gap") == [
+        body("gap", "seq gap", gap, "seq_gap", event="fired", since=iso_ms(T0 + 1000),
+             at=iso_ms(T0 + 1000), value=2.0, message="seq 0 -> 3: 2 reading(s) missing",
+             episode=f"gap/{gap}/{T0 + 1000}"),
+        body("gap", "seq gap", gap, "seq_gap", event="cleared", since=iso_ms(T0 + 1000),
+             at=iso_ms(T0 + 2000), value=4.0, message="seq in order again at 4",
+             episode=f"gap/{gap}/{T0 + 1000}"),
+    ]  # fmt: skip
+
+    # Staleness with no reading at all (1 s after the watcher began); a reading clears it.
+    receiver.wait(lambda b: len(of("quiet")) == 1, "quiet to fire")
+    since_ms = parse_time_ms(of("quiet")[0]["since"])
+    assert of("quiet")[0] == body(
+        "quiet", "no reading for 1s", quiet, "stale", event="fired", since=iso_ms(since_ms),
+        at=iso_ms(since_ms + 1000), value=None,
+        message=f"no reading for 1s (none since {iso_ms(since_ms)})",
+        episode=f"quiet/{quiet}/{since_ms}",
+    )  # fmt: skip
+    send(quiet, (0, 0, 20.0))
+    receiver.wait(lambda b: len(of("quiet")) == 2, "quiet to clear")
+    at_ms = parse_time_ms(of("quiet")[1]["at"])  # when the watcher received it
+    assert of("quiet")[1] == body(
+        "quiet", "no reading for 1s", quiet, "stale", event="cleared", since=iso_ms(since_ms),
+        at=iso_ms(at_ms), value=None, message=f"reading again after {span(at_ms - since_ms)}",
+        episode=f"quiet/{quiet}/{since_ms}",
+    )  # fmt: skip
+
+    # Offline, from the device's status, and online again.
+    status(off, b"offline")
+    receiver.wait(lambda b: len(of("off")) == 1, "off to fire")
+    status(off, b"online")
+    receiver.wait(lambda b: len(of("off")) == 2, "off to clear")
+    fired, cleared = of("off")
+    down_ms, up_ms = parse_time_ms(fired["since"]), parse_time_ms(cleared["at"])
+    assert [fired, cleared] == [
+        body("off", "offline", off, "offline", event="fired", since=iso_ms(down_ms),
+             at=iso_ms(down_ms), value=None, message=f"offline for 0s (since {iso_ms(down_ms)})",
+             episode=f"off/{off}/{down_ms}"),
+        body("off", "offline", off, "offline", event="cleared", since=iso_ms(down_ms),
+             at=iso_ms(up_ms), value=None, message=f"online again after {span(up_ms - down_ms)}",
+             episode=f"off/{off}/{down_ms}"),
+    ]  # fmt: skip
+
+    assert len(receiver.bodies) == 10  # two each, nothing more
+    assert watch.stop() == 0
+    assert len(watch.out) == 10
