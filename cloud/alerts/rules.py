@@ -18,6 +18,9 @@ The conditions (`when`), one per kind:
 
 Every error names the file and line (`alerts.toml:12: ...`): tomllib's syntax errors carry
 their line; for a value that parses but makes no sense, the line is found in the text.
+
+(Over 400 lines: the file format, its five conditions and the line-finding are one idea,
+what a rules file says; the evaluation of the conditions is cloud.alerts.engine.)
 """
 
 from __future__ import annotations
