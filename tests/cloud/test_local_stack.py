@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from cloud.aws import Endpoint
 from cloud.local.moto import MotoServer
 from cloud.local.ports import free_port
+from cloud.local.stack import down
 from cloud.table import create_table
 from tests.mqtt import wait_until
 
@@ -98,10 +101,19 @@ def deliver(folder: Path, sensor: str, count: int) -> None:
     assert f"published {count}, acknowledged {count}" in out
 
 
+def together(*calls: Callable[[], Any]) -> list[Any]:
+    """Commands that neither wait for nor change what the others look at, run side by side;
+    their results in the order given. Each is a process that spends most of its second
+    starting Python and importing boto3."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     yield tmp_path
-    cloud(tmp_path, "local", "down")
+    # What `cloud local down` does, without a process of its own to start and import first.
+    down(tmp_path)
 
 
 def test_up_status_down_and_again(project: Path):
@@ -113,21 +125,25 @@ def test_up_status_down_and_again(project: Path):
     state = json.loads((project / "var/local/stack.json").read_text())
     assert f"mqtts://127.0.0.1:{state['mqtt_port']}" in out
 
-    out = ok(project, "local", "status")
+    out, again = together(
+        lambda: ok(project, "local", "status"), lambda: ok(project, "local", "up")
+    )
     for name in ("table", "mosquitto", "ingest"):
         line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
         assert "running" in line and str(running[name]["pid"]) in line
     assert "items    SensorData: 0 item(s)" in out
     assert "data     table: var/local/table (" in out
 
-    out = ok(project, "local", "up")
-    assert "already runs" in out
+    assert "already runs" in again
     assert parts(project)["mosquitto"]["pid"] == running["mosquitto"]["pid"]
 
     # An id that is a path, or ends in a newline, is refused before any file is made of it.
     certs = sorted((project / "certs").iterdir())
-    for bad in ("../../escape", "sensor-1\n"):
-        code, stdout, err = run(project, "device", "--id", bad, "--count", "1")
+    bad_ids = ("../../escape", "sensor-1\n")
+    refused = together(
+        *(lambda b=b: run(project, "device", "--id", b, "--count", "1") for b in bad_ids)
+    )
+    for code, stdout, err in refused:
         assert code == 1 and stdout == "", err
         assert err.startswith("Error: --id: ") and len(err.splitlines()) == 1, err
     assert sorted((project / "certs").iterdir()) == certs
@@ -161,12 +177,16 @@ def test_readings_and_exports_survive_down_and_up(project: Path):
     assert (state["mqtt_port"], state["table_port"]) == (ports["mqtt_port"], ports["table_port"])
     assert "table    http://127.0.0.1:" in out
 
-    assert readings(project, "keep-1") == before
-    summary = ok(project, "query", "--report", "summary", "--format", "csv")
+    after, summary, tutorial, status = together(
+        lambda: readings(project, "keep-1"),
+        lambda: ok(project, "query", "--report", "summary", "--format", "csv"),
+        lambda: ok(project, "query", "SELECT count(*) AS n FROM sensor_data", "--format", "csv"),
+        lambda: ok(project, "status"),
+    )
+    assert after == before
     assert summary.splitlines()[1].startswith("keep-1,20,")
-    tutorial = ok(project, "query", "SELECT count(*) AS n FROM sensor_data", "--format", "csv")
     assert tutorial.splitlines() == ["n", "20"]
-    assert "SensorData: 20 item(s)" in ok(project, "status")
+    assert "SensorData: 20 item(s)" in status
 
 
 def test_a_power_cut_loses_nothing_that_was_written(project: Path):
@@ -181,9 +201,11 @@ def test_a_power_cut_loses_nothing_that_was_written(project: Path):
 
     out = ok(project, "local", "up")
     assert "broker" in out
-    got = readings(project, "cut-1")
+    got, summary = together(
+        lambda: readings(project, "cut-1"),
+        lambda: ok(project, "query", "--report", "summary", "--format", "csv"),
+    )
     assert sorted(r["seq"] for r in got) == list(range(50))
-    summary = ok(project, "query", "--report", "summary", "--format", "csv")
     assert summary.splitlines()[1].startswith("cut-1,50,")
     # And it goes on taking readings.
     deliver(project, "cut-2", 5)
@@ -202,15 +224,19 @@ def test_each_part_killed_comes_back_by_itself(project: Path):
 
         wait_until(back, timeout=15, what=f"{name} to be restarted")
         assert parts(project)[name]["restarts"] == before["restarts"] + 1
-    out = ok(project, "local", "status")
+    log = (project / "var/local/logs/supervisor.log").read_text()
+    assert log.count("killed by SIGKILL") == 3 and log.count("restart 1 in") == 3
+
+    def delivers() -> list[dict[str, Any]]:
+        deliver(project, "back-1", 10)
+        return readings(project, "back-1")
+
+    # The status, and meanwhile the restarted stack still delivers, end to end.
+    out, back = together(lambda: ok(project, "local", "status"), delivers)
     for name in ("table", "mosquitto", "ingest"):
         line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
         assert "running" in line and "killed by SIGKILL" in line
-    log = (project / "var/local/logs/supervisor.log").read_text()
-    assert log.count("killed by SIGKILL") == 3 and log.count("restart 1 in") == 3
-    # The restarted stack still delivers, end to end.
-    deliver(project, "back-1", 10)
-    assert len(readings(project, "back-1")) == 10
+    assert len(back) == 10
 
 
 def test_up_on_a_partly_running_stack_starts_what_is_missing(project: Path):
@@ -267,9 +293,13 @@ def test_data_dir_is_remembered(project: Path, tmp_path_factory: pytest.TempPath
     assert not (project / "var/local/table").exists()
     ok(project, "local", "down")
     ok(project, "local", "up")
-    assert len(readings(project, "dd-1")) == 3
-    assert str(data / "table") in ok(project, "local", "status")
-    code, _, err = cloud(project, "local", "up", "--data-dir", str(project / "other"))
+    got, status, (code, _, err) = together(
+        lambda: readings(project, "dd-1"),
+        lambda: ok(project, "local", "status"),
+        lambda: cloud(project, "local", "up", "--data-dir", str(project / "other")),
+    )
+    assert len(got) == 3
+    assert str(data / "table") in status
     assert code == 1 and "down` first" in err
 
 
