@@ -33,6 +33,7 @@ metadata service is disabled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,8 +172,17 @@ def run_all(jobs: dict[str, list[str]], cwd: Path, env: Mapping[str, str]) -> di
     """Run the commands side by side: each is a process of its own, and this keeps the file
     fast (most of a command's time is Python starting and boto3 retrying)."""
     with ThreadPoolExecutor(max_workers=6) as pool:
-        futures = {key: pool.submit(run, argv, cwd, env) for key, argv in jobs.items()}
-        return {key: f.result() for key, f in futures.items()}
+        return results(submit_all(pool, jobs, cwd, env))
+
+
+def submit_all(
+    pool: ThreadPoolExecutor, jobs: dict[str, list[str]], cwd: Path, env: Mapping[str, str]
+) -> dict[str, Future[Run]]:
+    return {key: pool.submit(run, argv, cwd, env) for key, argv in jobs.items()}
+
+
+def results(futures: dict[str, Future[Run]]) -> dict[str, Run]:
+    return {key: f.result() for key, f in futures.items()}
 
 
 def lines(text: str) -> list[str]:
@@ -370,11 +380,13 @@ def test_every_command_is_swept() -> None:
 # -- a. no stack, no AWS credentials ------------------------------------------------------
 
 
+def no_stack_jobs(project: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    return {c.id: c.argv() for c in CASES}, clean_env(project)
+
+
 @pytest.fixture(scope="module")
-def no_stack_no_credentials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    project = tmp_path_factory.mktemp("no-stack")
-    env = clean_env(project)
-    return run_all({c.id: c.argv() for c in CASES}, project, env)
+def no_stack_no_credentials(sweeps: Sweeps) -> dict[str, Run]:
+    return results(sweeps.no_stack)
 
 
 @pytest.mark.parametrize("case", [c.id for c in CASES])
@@ -398,9 +410,9 @@ def endpoint_port() -> int:
     return free_port()  # bound and closed at once: nothing listens there
 
 
-@pytest.fixture(scope="module")
-def unreachable(tmp_path_factory: pytest.TempPathFactory, endpoint_port: int) -> dict[str, Run]:
-    project = tmp_path_factory.mktemp("unreachable")
+def unreachable_jobs(
+    project: Path, endpoint_port: int
+) -> tuple[dict[str, list[str]], dict[str, str]]:
     env = clean_env(
         project,
         AWS_ACCESS_KEY_ID="testing",
@@ -413,7 +425,12 @@ def unreachable(tmp_path_factory: pytest.TempPathFactory, endpoint_port: int) ->
         # --target aws where a command takes it (unless the case chose local itself).
         aws = has_target_option(c.command) and "--target" not in c.args
         jobs[c.id] = c.argv(("--target", "aws") if aws else ())
-    return run_all(jobs, project, env)
+    return jobs, env
+
+
+@pytest.fixture(scope="module")
+def unreachable(sweeps: Sweeps) -> dict[str, Run]:
+    return results(sweeps.unreachable)
 
 
 @pytest.mark.parametrize("case", [c.id for c in CASES])
@@ -447,45 +464,106 @@ def wait_gone(pid: int, port: int) -> None:
     wait_until(gone, timeout=10, what=f"pid {pid} to die")
 
 
-@pytest.fixture(scope="module")
-def frozen_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack from a project folder of its own, its supervisor frozen with SIGSTOP so that
-    nothing is restarted, and its table engine killed."""
-    project = tmp_path_factory.mktemp("dead-part")
-    env = clean_env(project)
-    mqtt_port, table_port = free_port(), free_port()
-    while table_port == mqtt_port:
+def start_frozen_stack(project: Path, env: dict[str, str], taken: set[int]) -> Stack:
+    """`cloud local up` from a project folder of its own (on ports other than `taken`), its
+    supervisor then frozen with SIGSTOP so that nothing is restarted, and its table engine
+    killed."""
+    mqtt_port = free_port()
+    while mqtt_port in taken:
+        mqtt_port = free_port()
+    table_port = free_port()
+    while table_port in (*taken, mqtt_port):
         table_port = free_port()
     ports = ["--mqtt-port", str(mqtt_port), "--table-port", str(table_port)]
     up = run([sys.executable, "-m", "cloud", "local", "up", *ports], project, env)
-    settings = json.loads((project / "var/local/stack.json").read_text())
-    supervisor = settings.get("supervisor_pid")
-    try:
-        assert up.code == 0, up.err
-        status = json.loads((project / "var/local/supervisor.json").read_text())
-        parts = {name: part["pid"] for name, part in status["parts"].items()}
-        os.kill(supervisor, signal.SIGSTOP)
-        os.kill(parts["table"], signal.SIGKILL)
-        wait_gone(parts["table"], table_port)
-        yield Stack(project, env, supervisor, parts, f"http://127.0.0.1:{table_port}", mqtt_port)
-    finally:
-        if supervisor:
+    assert up.code == 0, up.err
+    supervisor = json.loads((project / "var/local/stack.json").read_text())["supervisor_pid"]
+    status = json.loads((project / "var/local/supervisor.json").read_text())
+    parts = {name: part["pid"] for name, part in status["parts"].items()}
+    os.kill(supervisor, signal.SIGSTOP)
+    os.kill(parts["table"], signal.SIGKILL)
+    wait_gone(parts["table"], table_port)
+    return Stack(project, env, supervisor, parts, f"http://127.0.0.1:{table_port}", mqtt_port)
+
+
+def sweep_dead_table(stack: Future[Stack], pool: ThreadPoolExecutor) -> dict[str, Run]:
+    frozen = stack.result()
+    jobs = {c.id: c.argv() for c in CASES if c.id not in DEAD_PART_SKIPPED}
+    # The fleet commands reach the live broker as one identity, which the broker names them
+    # by: side by side they would take that session from each other. One after another,
+    # here, while the others run in the pool.
+    fleet = {k: jobs.pop(k) for k in list(jobs) if k.startswith(("cloud config", "cloud devices"))}
+    futures = submit_all(pool, jobs, frozen.root, frozen.env)
+    runs = {key: run(argv, frozen.root, frozen.env) for key, argv in fleet.items()}
+    return {**results(futures), **runs}
+
+
+def stop_stack(project: Path, env: dict[str, str], started: bool) -> None:
+    """Thaw the supervisor and `cloud local down`, which must say it stopped the stack if
+    it had started."""
+    state = project / "var/local/stack.json"
+    supervisor = json.loads(state.read_text()).get("supervisor_pid") if state.exists() else None
+    if supervisor:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(supervisor, signal.SIGCONT)
-        down = run([sys.executable, "-m", "cloud", "local", "down"], project, env)
+    down = run([sys.executable, "-m", "cloud", "local", "down"], project, env)
+    if started:
         assert down.code == 0 and "stopped" in down.out, down.err
-        assert "Traceback" not in down.err
+    assert "Traceback" not in down.err
+
+
+#: Commands running at once. Most of a command's time is Python importing boto3 (the CPU's)
+#: or botocore waiting out its retries (nobody's): more of them than cores fills the waits.
+WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Sweeps:
+    """States a, b and c swept side by side (each command a process of its own, as in
+    run_all), with the dead-part stack starting meanwhile: the first fixture of the three to
+    be asked for starts them all, and each takes its own runs."""
+
+    no_stack: dict[str, Future[Run]]
+    unreachable: dict[str, Future[Run]]
+    stack: Future[Stack]
+    dead_table: Future[dict[str, Run]]
 
 
 @pytest.fixture(scope="module")
-def dead_table_runs(frozen_stack: Stack) -> dict[str, Run]:
-    jobs = {c.id: c.argv() for c in CASES if c.id not in DEAD_PART_SKIPPED}
-    # The fleet commands reach the live broker as one identity, which the broker names them
-    # by: side by side they would take that session from each other. One after another.
-    fleet = {k: jobs.pop(k) for k in list(jobs) if k.startswith(("cloud config", "cloud devices"))}
-    runs = run_all(jobs, frozen_stack.root, frozen_stack.env)
-    for key, argv in fleet.items():
-        runs[key] = run(argv, frozen_stack.root, frozen_stack.env)
-    return runs
+def sweeps(tmp_path_factory: pytest.TempPathFactory, endpoint_port: int) -> Iterator[Sweeps]:
+    dead_part = tmp_path_factory.mktemp("dead-part")
+    dead_env = clean_env(dead_part)
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    steps = ThreadPoolExecutor(max_workers=1)  # the stack's, in order, beside the pool
+    stack = steps.submit(start_frozen_stack, dead_part, dead_env, {endpoint_port})
+    try:
+        no_stack = tmp_path_factory.mktemp("no-stack")
+        unreachable = tmp_path_factory.mktemp("unreachable")
+        a_jobs, a_env = no_stack_jobs(no_stack)
+        b_jobs, b_env = unreachable_jobs(unreachable, endpoint_port)
+        yield Sweeps(
+            submit_all(pool, a_jobs, no_stack, a_env),
+            submit_all(pool, b_jobs, unreachable, b_env),
+            stack,
+            steps.submit(sweep_dead_table, stack, pool),
+        )
+    finally:
+        steps.shutdown(wait=True)
+        pool.shutdown(wait=True)
+        stop_stack(dead_part, dead_env, started=stack.exception() is None)
+
+
+@pytest.fixture(scope="module")
+def frozen_stack(sweeps: Sweeps) -> Stack:
+    """The dead-part stack, once the dead-table sweep is done with it (test_dead_broker
+    kills its broker)."""
+    sweeps.dead_table.exception()  # wait; its own tests report how it went
+    return sweeps.stack.result()
+
+
+@pytest.fixture(scope="module")
+def dead_table_runs(sweeps: Sweeps) -> dict[str, Run]:
+    return sweeps.dead_table.result()
 
 
 @pytest.mark.parametrize("case", sorted(set(c.id for c in CASES) - set(DEAD_PART_SKIPPED)))
