@@ -15,17 +15,22 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Pki
 from tests.mqtt import REPO
 
 #: What only the cloud half (or the awsiot transport) may bring; none is in a Pi's install.
 CLOUD_ONLY = ("boto3", "botocore", "duckdb", "pyarrow", "matplotlib", "awscrt", "cryptography")
 #: The Pis: Zero and 1 (armv6l), 2 and 3 on 32-bit Raspberry Pi OS (armv7l), 64-bit (aarch64).
 PI_PLATFORMS = ("linux_armv6l", "linux_armv7l", "manylinux2014_aarch64")
+#: The device the Pi install script installs (a module's: its install starts before its test).
+PI_ID = "t-install-pi-service"
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,61 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return source
 
 
+@dataclass(frozen=True)
+class PiInstall:
+    """config/install-pi.sh run under `root` (a PREFIX) for PI_ID, as the README's Raspberry
+    Pi section runs it; `done` is its run, `script` and `env` run it again."""
+
+    root: Path
+    script: list[str]
+    env: dict[str, str]
+    calls: Path  # what the script asked of systemctl, a line per call
+    done: Future[subprocess.CompletedProcess[str]]
+
+
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Venv:
-    """A fresh venv with `pip install .` of a copy of the project (no extras)."""
+def pi_install(
+    source: Path, shared_broker, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PiInstall]:
+    """The Pi install script, started in the background: its venv and pip install take as
+    long as the plain install's, and each is one core's work, so they run side by side."""
+    work = tmp_path_factory.mktemp("pi-install")
+    ident = pki.device(PI_ID)
+    provisioned = work / "provisioned"  # certs/ID/ as `cloud provision` wrote it
+    provisioned.mkdir()
+    for name, path in (("cert.pem", ident.cert), ("key.pem", ident.key), ("ca.pem", ident.ca)):
+        shutil.copy(path, provisioned / name)
+    calls = work / "systemctl.calls"
+    systemctl = work / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    systemctl.chmod(0o755)
+    root = work / "pi"
+    broker = f"mqtts://127.0.0.1:{shared_broker.config.port}"
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(work),
+        "PREFIX": str(root),
+        "SYSTEMCTL": str(systemctl),
+        "AGENT_USER": "root",  # an existing user: the test makes none on this machine
+    }
+    script = [str(source / "config" / "install-pi.sh"), "--id", PI_ID, "--broker", broker]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = pool.submit(
+            subprocess.run,
+            [*script, "--certs", str(provisioned)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        yield PiInstall(root, script, env, calls, done)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, source: Path, pi_install: PiInstall) -> Venv:
+    """A fresh venv with `pip install .` of a copy of the project (no extras); the Pi
+    install script runs meanwhile."""
     work = tmp_path_factory.mktemp("plain-install")
     venv = Venv(work / "venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv.root)], check=True, timeout=120)
@@ -191,7 +248,7 @@ def test_every_package_of_the_plain_install_installs_on_a_pi(
 
 
 def test_the_pi_install_script_sets_up_a_service_that_delivers(
-    source: Path, shared_broker, subscribe, pki, device_id, tmp_path: Path
+    pi_install: PiInstall, shared_broker, subscribe, tmp_path: Path
 ) -> None:
     """config/install-pi.sh, as the README's Raspberry Pi section runs it, under a PREFIX.
 
@@ -199,36 +256,11 @@ def test_the_pi_install_script_sets_up_a_service_that_delivers(
     test then starts the unit's ExecStart as systemd would (its user, state and working
     directory), checking first that systemd-analyze accepts the unit.
     """
-    ident = pki.device(device_id)
-    provisioned = tmp_path / "provisioned"  # certs/ID/ as `cloud provision` wrote it
-    provisioned.mkdir()
-    for name, path in (("cert.pem", ident.cert), ("key.pem", ident.key), ("ca.pem", ident.ca)):
-        shutil.copy(path, provisioned / name)
-    calls = tmp_path / "systemctl.calls"
-    systemctl = tmp_path / "systemctl"
-    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    systemctl.chmod(0o755)
-    root = tmp_path / "pi"
-    broker = f"mqtts://127.0.0.1:{shared_broker.config.port}"
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": str(tmp_path),
-        "PREFIX": str(root),
-        "SYSTEMCTL": str(systemctl),
-        "AGENT_USER": "root",  # an existing user: the test makes none on this machine
-    }
-    script = [str(source / "config" / "install-pi.sh"), "--id", device_id, "--broker", broker]
-    done = subprocess.run(
-        [*script, "--certs", str(provisioned)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    device_id, root = PI_ID, pi_install.root
+    done = pi_install.done.result()
     assert done.returncode == 0, done.stderr
     assert f"device-agent@{device_id} is running" in done.stdout
-    assert calls.read_text().splitlines() == [
+    assert pi_install.calls.read_text().splitlines() == [
         "daemon-reload",
         f"enable --now device-agent@{device_id}",
     ]
@@ -269,8 +301,8 @@ def test_the_pi_install_script_sets_up_a_service_that_delivers(
     assert (state / f"{device_id}.outbox.sqlite").exists()
 
     again = subprocess.run(
-        [*script, "--certs", str(tmp_path / "nowhere")],
-        env=env,
+        [*pi_install.script, "--certs", str(tmp_path / "nowhere")],
+        env=pi_install.env,
         capture_output=True,
         text=True,
         timeout=60,
