@@ -57,6 +57,8 @@ from tests.mqtt import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 S3 = "s3://sensor-exports/data"
+#: The shipped rules: the commands run in a folder of their own, without config/.
+RULES = REPO / "config" / "alerts.toml"
 
 Path_ = tuple[str, ...]  # a command: ("cloud", "local", "status"), ("device-agent",)
 
@@ -103,6 +105,9 @@ ARGS: dict[Path_, tuple[tuple[str, ...], ...]] = {
     ("cloud", "config", "set"): (("--id", "sensor-1", "interval=10"),),
     ("cloud", "config", "show"): (("--id", "sensor-1"),),
     ("cloud", "devices"): ((),),
+    ("cloud", "dashboard"): (("--port", "0"),),
+    ("cloud", "alerts", "watch"): (("--rules", str(RULES)),),
+    ("cloud", "alerts", "test"): (("--rules", str(RULES)),),
     ("device-agent",): (("--id", "sensor-1", "--count", "1", "--offline-limit", "1"),),
     ("device-agent", "simulate"): (
         ("--devices", "2", "--prefix", "sim-", "--count", "1", "--offline-limit", "1"),
@@ -285,6 +290,10 @@ NO_STACK_NO_CREDENTIALS: dict[str, Fails | Works] = {
     "cloud config set --id sensor-1 interval=10": NO_CREDENTIALS,
     "cloud config show --id sensor-1": NO_CREDENTIALS,
     "cloud devices": NO_CREDENTIALS,
+    # On AWS the live stream needs IoT Core's endpoint, and the watcher the stack's topic.
+    "cloud dashboard --port 0": NO_CREDENTIALS,
+    f"cloud alerts watch --rules {RULES}": NO_CREDENTIALS,
+    f"cloud alerts test --rules {RULES}": NO_CREDENTIALS,
     "device-agent --id sensor-1 --count 1 --offline-limit 1": NO_BROKER,
     "device-agent simulate --devices 2 --prefix sim- --count 1 --offline-limit 1": NO_BROKER,
 }
@@ -312,6 +321,9 @@ def unreachable_endpoint(port: int) -> dict[str, Fails | Works]:
         "cloud config set --id sensor-1 interval=10": nobody,
         "cloud config show --id sensor-1": nobody,
         "cloud devices": nobody,
+        "cloud dashboard --port 0": nobody,
+        f"cloud alerts watch --rules {RULES}": nobody,
+        f"cloud alerts test --rules {RULES}": nobody,
     }
 
 
@@ -343,6 +355,7 @@ def dead_table(table_url: str) -> dict[str, Fails | Works]:
         "cloud config show --id sensor-1": Works("sensor-1"),
         # The fleet is the report asked for: the table's trouble is a line on stderr.
         "cloud devices": Works("sensor_id"),
+        f"cloud alerts test --rules {RULES}": dead,
     }
 
 
@@ -355,6 +368,10 @@ DEAD_PART_SKIPPED = {
     "fixture has frozen (it would wait 30 s for it); the table plays no part in it",
     "cloud ingest": "with the broker up it runs on (a daemon), holding readings until the "
     "table is back, as it should",
+    "cloud dashboard --port 0": "with the broker up it serves on, the dead table said on its "
+    "page (tests/cloud/test_dashboard.py shows that in a browser)",
+    f"cloud alerts watch --rules {RULES}": "with the broker up it runs on (a daemon) and needs "
+    "no table",
     "device-agent --id sensor-1 --count 1 --offline-limit 1": "test_dead_broker",
     "device-agent simulate --devices 2 --prefix sim- --count 1 --offline-limit 1": (
         "test_dead_broker"
