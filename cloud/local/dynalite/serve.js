@@ -18,6 +18,18 @@ server.on('error', (err) => {
 server.listen(Number(port), '127.0.0.1', () => {
   console.log(`dynalite ${require('dynalite/package.json').version} on 127.0.0.1:${port}, data in ${path}`)
 })
+// dynalite rethrows a request's stream error (index.js: req.on('error', ... throw err)): a
+// client that dies mid-request (ingest killed while it sends a batch) took the whole engine
+// down with it, and every other client's requests. That one error is the client's, and its
+// request had not started: log it and keep serving. Anything else still ends the process.
+process.on('uncaughtException', (err) => {
+  if (err && err.code === 'ECONNRESET' && err.message === 'aborted') {
+    console.error('table engine: a client went away mid-request; its request was dropped')
+    return
+  }
+  console.error(err)
+  process.exit(1)
+})
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => server.close(() => process.exit(0)))
 }
