@@ -20,6 +20,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -27,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from cloud.cli.errors import aws_error_line
 from cloud.dashboard.assets import STATIC_DIR
-from cloud.dashboard.history import RANGES_MIN, history
+from cloud.dashboard.history import RANGES_MIN
 from cloud.dashboard.hub import CLOSING
 from cloud.dashboard.live import Live
 from cloud.errors import TableError
@@ -43,7 +45,12 @@ def _event(message: dict[str, Any]) -> str:
     return f"data: {json.dumps(message, separators=(',', ':'))}\n\n"
 
 
-def create_app(live: Live, vendor_dir: Path) -> Starlette:
+#: The names a page on loopback is reached by: a request naming any other host is refused,
+#: so a web page elsewhere cannot rebind its own name to 127.0.0.1 and read the fleet.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def create_app(live: Live, vendor_dir: Path, loopback: bool = True) -> Starlette:
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
@@ -76,7 +83,7 @@ def create_app(live: Live, vendor_dir: Path) -> Starlette:
     async def devices(request: Request) -> Response:
         return JSONResponse(live.snapshot())
 
-    async def readings(request: Request) -> Response:
+    async def history_endpoint(request: Request) -> Response:
         sensor_id = request.query_params.get("id", "")
         minutes = request.query_params.get("minutes", "60")
         try:
@@ -89,15 +96,15 @@ def create_app(live: Live, vendor_dir: Path) -> Starlette:
         since_ms = int(time.time() * 1000) - int(minutes) * 60_000
         try:
             # boto3 blocks: in a worker thread, so the live stream keeps flowing meanwhile.
-            body = await asyncio.to_thread(live.read_history, history, sensor_id, since_ms)
+            body = await asyncio.to_thread(live.history, sensor_id, since_ms)
         except TableError as exc:
-            live.table_problem(str(exc))
+            live.set_table_problem(str(exc))
             return JSONResponse({"error": str(exc)}, status_code=503)
         except BotoCoreError as exc:
             line = aws_error_line(exc)
-            live.table_problem(line)
+            live.set_table_problem(line)
             return JSONResponse({"error": line}, status_code=503)
-        live.table_problem(None)
+        live.set_table_problem(None)
         return JSONResponse(body)
 
     @contextlib.asynccontextmanager
@@ -105,12 +112,16 @@ def create_app(live: Live, vendor_dir: Path) -> Starlette:
         live.hub.bind(asyncio.get_running_loop())
         yield
 
+    middleware = (
+        [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))] if loopback else []
+    )
     return Starlette(
+        middleware=middleware,
         routes=[
             Route("/", index),
             Route("/api/stream", stream),
             Route("/api/devices", devices),
-            Route("/api/history", readings),
+            Route("/api/history", history_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             Mount("/vendor", StaticFiles(directory=vendor_dir), name="vendor"),
         ],

@@ -84,7 +84,3 @@ class FleetView:
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [d.to_json() for _, d in sorted(self._devices.items())]
-
-    def ids(self) -> list[str]:
-        with self._lock:
-            return sorted(self._devices)

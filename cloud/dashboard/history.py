@@ -13,10 +13,10 @@ RANGES_MIN = (15, 60, 360, 1440)
 #: of a few hundred pixels shows; the newest are kept when there are more.
 MAX_ROWS = 20_000
 #: Points per chart: about one per pixel column.
-MAX_POINTS = 1_500
+MAX_POINTS_SENT = 1_500
 
 
-def thin(points: list[Any], most: int = MAX_POINTS) -> list[Any]:
+def thin(points: list[Any], most: int = MAX_POINTS_SENT) -> list[Any]:
     """Every n-th point, always keeping the newest (the one the page's age is taken from)."""
     if len(points) <= most:
         return points

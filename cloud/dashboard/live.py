@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from cloud.dashboard.fleet_view import FleetView
+from cloud.dashboard.history import history
 from cloud.dashboard.hub import Hub
 from cloud.live.events import LiveEvent
 
@@ -24,7 +24,7 @@ class Live:
         self.hub = Hub()
         self._ddb = ddb
         self.table = table
-        #: What the page says it shows: "local stack" or "AWS (us-east-1)".
+        #: Which side it shows: "local stack", or "AWS us-east-1".
         self.source = source
         self._lock = threading.Lock()
         self._broker: str | None = CONNECTING
@@ -43,21 +43,22 @@ class Live:
             if problem == self._broker:
                 return
             self._broker = problem
-        self._publish_sources()
+            # Under the lock: publishing only schedules the message, and two threads'
+            # changes must reach the pages in the order they were made.
+            self._publish_sources()
 
     # -- from the app -------------------------------------------------------------------
 
-    def read_history(
-        self, read: Callable[[Any, str, str, int], dict[str, Any]], sensor_id: str, since_ms: int
-    ) -> dict[str, Any]:
-        return read(self._ddb, self.table, sensor_id, since_ms)
+    def history(self, sensor_id: str, since_ms: int) -> dict[str, Any]:
+        """One sensor's readings since `since_ms`, from the table (blocks: boto3)."""
+        return history(self._ddb, self.table, sensor_id, since_ms)
 
-    def table_problem(self, problem: str | None) -> None:
+    def set_table_problem(self, problem: str | None) -> None:
         with self._lock:
             if problem == self._table:
                 return
             self._table = problem
-        self._publish_sources()
+            self._publish_sources()
 
     def set_alerts(self, active: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -68,7 +69,10 @@ class Live:
 
     def sources(self) -> dict[str, Any]:
         with self._lock:
-            return {"broker": self._broker, "table": self._table}
+            return self._sources()
+
+    def _sources(self) -> dict[str, Any]:
+        return {"broker": self._broker, "table": self._table}
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -82,5 +86,5 @@ class Live:
             "alerts": alerts,
         }
 
-    def _publish_sources(self) -> None:
-        self.hub.publish({"type": "sources", "sources": self.sources()})
+    def _publish_sources(self) -> None:  # with the lock held
+        self.hub.publish({"type": "sources", "sources": self._sources()})

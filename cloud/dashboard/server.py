@@ -7,6 +7,7 @@ The socket is bound here, before uvicorn starts, so a port in use is one clear l
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import threading
@@ -30,8 +31,8 @@ from cloud.target import Target
 
 log = logging.getLogger(__name__)
 
-#: How often the table is checked while no page asks for history: a table that went away
-#: shows on the page within this.
+#: How often the table is checked: a table that went away shows on the page within this
+#: (a failed history request says so at once).
 TABLE_CHECK_S = 5.0
 #: How often the active alerts are read again.
 ALERTS_CHECK_S = 1.0
@@ -39,7 +40,7 @@ ALERTS_CHECK_S = 1.0
 GRACE_S = 2
 
 
-def table_problem(ddb: Any, table: str) -> str | None:
+def check_table(ddb: Any, table: str) -> str | None:
     """None when the table answers, else one line saying why not."""
     try:
         ddb.describe_table(TableName=table)
@@ -54,7 +55,10 @@ def table_problem(ddb: Any, table: str) -> str | None:
 
 def bind(host: str, port: int) -> socket.socket:
     try:
-        return socket.create_server((host, port))
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: not an address of this machine ({exc})") from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
@@ -92,13 +96,15 @@ class Dashboard:
         self._target = target
         self._active_alerts = active_alerts
         self._ddb = target.endpoint.client("dynamodb")
-        region = target.endpoint.region
-        source = "local stack" if target.stack is not None else f"AWS {region or ''}".strip()
+        region = target.endpoint.region_name()
+        source = "local stack" if target.stack is not None else f"AWS {region}"
         self.live = Live(self._ddb, target.table, source)
         self._stream = open_live(target, "dashboard", self.live.on_event, self.live.on_state)
         self._stop = threading.Event()
+        address, bound_port = self._sock.getsockname()[:2]
+        loopback = ipaddress.ip_address(address).is_loopback
         config = uvicorn.Config(
-            create_app(self.live, vendor),
+            create_app(self.live, vendor, loopback),
             log_level="warning",
             lifespan="on",
             access_log=False,
@@ -106,13 +112,12 @@ class Dashboard:
             timeout_graceful_shutdown=GRACE_S,
         )
         self._server = uvicorn.Server(config)
-        address, bound_port = self._sock.getsockname()[:2]
         shown = f"[{address}]" if ":" in address else address
         self.url = f"http://{shown}:{bound_port}/"
 
     def run(self) -> None:
         live, ddb, table = self.live, self._ddb, self._target.table
-        _every(TABLE_CHECK_S, self._stop, lambda: live.table_problem(table_problem(ddb, table)))
+        _every(TABLE_CHECK_S, self._stop, lambda: live.set_table_problem(check_table(ddb, table)))
         if self._active_alerts is not None:
             read = self._active_alerts
             _every(ALERTS_CHECK_S, self._stop, lambda: live.set_alerts(read()))

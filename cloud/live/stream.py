@@ -167,8 +167,15 @@ class LiveStream:
 
     def _message(self, client: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         event = event_of(msg.topic, bytes(msg.payload), bool(msg.retain), now_ms())
-        if event is not None:
+        if event is None:
+            return
+        try:
             self._on_event(event)
+        except Exception:
+            # paho re-raises a callback's exception and its network thread ends with it:
+            # the stream would go quiet while saying it is connected. One bad event is
+            # logged; the stream goes on.
+            log.exception("the live stream's user failed on a message on %s", msg.topic)
 
 
 class Stream(Protocol):

@@ -308,6 +308,28 @@ def test_history_refuses_a_bad_id_or_range_in_one_line(
     assert (status, body) == (200, {"ts": [], "temperature": []})
 
 
+def test_a_page_reached_by_another_name_is_refused(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    serve: Callable[..., Dashboard],
+) -> None:
+    """A site elsewhere that rebinds its own name to 127.0.0.1 gets nothing of the fleet."""
+    dashboard = serve(local_target(start_broker().config.port, aws, table, pki, tmp_path))
+    port = dashboard.url.rsplit(":", 1)[1].rstrip("/")
+    for host, status in ((f"evil.example:{port}", 400), (f"localhost:{port}", 200)):
+        url = f"{dashboard.url}api/devices"
+        request = urllib.request.Request(url, headers={"Host": host})  # noqa: S310 (ours)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (ours)
+                got = response.status
+        except urllib.error.HTTPError as exc:
+            got = exc.code
+        assert got == status, host
+
+
 def test_port_in_use_is_one_line(
     aws: Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

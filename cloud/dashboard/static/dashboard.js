@@ -5,8 +5,11 @@
 (function () {
   const RENDER_MS = 200;       // charts and rows are redrawn at most this often
   const AGE_MS = 1000;         // ages tick this often
-  const HISTORY_WORKERS = 6;   // history requests in flight at once
-  const MAX_POINTS = 4000;     // per chart; beyond it older points are thinned
+  const SLIDE_MS = 5000;       // every chart's window slides this often, readings or not
+  // History requests in flight at once: with the event stream, 5 of the 6 connections
+  // Chromium allows a host, so a second tab still gets one.
+  const HISTORY_WORKERS = 4;
+  const MAX_POINTS_KEPT = 4000;  // per chart; beyond it older points are thinned
   const STALE_MIN_MS = 15000;  // never called stale sooner than this
 
   const dash = {
@@ -72,7 +75,7 @@
     const cutoff = now() - dash.rangeMin * 60000;
     const k = lowerBound(s.ts, cutoff);
     if (k > 0) { s.ts.splice(0, k); s.t.splice(0, k); }
-    if (s.ts.length > MAX_POINTS) {  // every other point of the older half goes
+    if (s.ts.length > MAX_POINTS_KEPT) {  // every other point of the older half goes
       const half = s.ts.length >> 1;
       const ts = [], t = [];
       for (let i = 0; i < s.ts.length; i++) {
@@ -283,7 +286,10 @@
     const generation = dash.generation;
     const queue = ids.slice();
     async function worker() {
-      while (queue.length) await loadHistory(queue.shift(), generation);
+      // A range changed meanwhile: the rest of these are for the old one.
+      while (queue.length && generation === dash.generation) {
+        await loadHistory(queue.shift(), generation);
+      }
     }
     const workers = [];
     for (let i = 0; i < HISTORY_WORKERS; i++) workers.push(worker());
@@ -395,6 +401,11 @@
     for (const id of dash.devices.keys()) drawRow(id);
     drawSummary();
   }, AGE_MS);
+
+  // A silent sensor's chart moves on too: its time axis ends now, its old points go.
+  setInterval(function () {
+    for (const id of dash.charts.keys()) dash.dirtyCharts.add(id);
+  }, SLIDE_MS);
 
   connect();
 })();
