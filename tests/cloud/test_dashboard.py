@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from cloud.alerts.state import AlertState, Episode, save_state
 from cloud.aws import Endpoint
@@ -179,6 +180,18 @@ def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
         client.close()
     assert elapsed < 2
     wait_until(lambda: row_text(browser, late, "temperature") == "42.13 °C", 2, "its row")
+
+    # The last 15 minutes instead of the hour: the history older than that leaves the chart.
+    Select(browser.find_element(By.ID, "range")).select_by_value("15")
+    quarter = int(time.time() * 1000) - 15 * 60_000
+    newer = [r.ts for r in history if r.ts > quarter + 5_000]
+    wait_until(
+        lambda: (data := chart(browser, steady)) is not None
+        and set(newer) <= set(data[0])
+        and min(data[0]) > quarter,
+        10,
+        "the 15-minute range charted",
+    )
 
     # A killed agent: offline on the page within seconds (its will, sent by the broker).
     agents[doomed].send_signal(signal.SIGKILL)
