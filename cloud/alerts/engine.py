@@ -98,6 +98,9 @@ class Engine:
         self.started_ms = started_ms
         #: Rate windows per (rule, sensor): (ts, value) of the readings in the window.
         self._windows: dict[tuple[str, str], deque[tuple[int, float]]] = {}
+        #: The ts of each window's first reading in this run: a window begun after a
+        #: restart holds less than its length until then, and cannot tell "steady again".
+        self._windows_from: dict[tuple[str, str], int] = {}
         names = {r.name for r in rules.rules}
         for key in [k for k in state.episodes if k[0] not in names]:
             log.info("forgetting the active episode of %s on %s: no such rule now", *key)
@@ -204,6 +207,7 @@ class Engine:
             return []
         key = (rule.name, r.sensor_id)
         window = self._windows.setdefault(key, deque())
+        filled_from = self._windows_from.setdefault(key, r.ts)
         window.append((r.ts, x))
         while window[0][0] < r.ts - c.window_ms:
             window.popleft()
@@ -227,6 +231,8 @@ class Engine:
         if holds:
             episode.clearing_since_ms = None
             return []
+        if r.ts - filled_from < c.window_ms:
+            return []  # a window not yet its length (since a restart): no verdict on a clear
         text = f"{c.metric} steady again at {_num(x)}"
         return self._clearing(rule, episode, r.ts, x, text)
 

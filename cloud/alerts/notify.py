@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cloud.alerts.engine import Notification
+from cloud.alerts.engine import CLEARED, Notification
 from cloud.errors import ConfigError, PipelineError, StackNotFound
 from cloud.timeparse import iso_ms
 
@@ -170,20 +170,39 @@ class FloodGate:
         self._window_start: int | None = None
         self._sent = 0
         self._held: Counter[str] = Counter()
+        #: Episodes whose fire was held: their clear is held too, whenever it comes.
+        self._held_fires: set[str] = set()
 
     def admit(self, notes: list[Notification], now_ms: int) -> list[dict[str, Any]]:
         """The bodies to send now: a summary of the last window if it ended, then the notes
-        the cap lets through."""
+        the cap lets through. Fires count against the cap; a clear goes wherever its fire
+        went (sent, or held), so a receiver never has an episode it cannot close, nor a
+        clear of one it never heard of, and the clears cost at most the fires sent."""
         out = self.flush(now_ms)
         for note in notes:
+            body = note.to_json()
+            episode = str(body.get("episode"))
+            if note.event == CLEARED:
+                if episode in self._held_fires:
+                    self._held_fires.discard(episode)
+                    self._hold(note.rule, now_ms)
+                else:
+                    out.append(body)
+                continue
             if self._window_start is None:
                 self._window_start = now_ms
             if self._sent < self.per_minute:
                 self._sent += 1
-                out.append(note.to_json())
+                out.append(body)
             else:
-                self._held[note.rule] += 1
+                self._held_fires.add(episode)
+                self._hold(note.rule, now_ms)
         return out
+
+    def _hold(self, rule: str, now_ms: int) -> None:
+        if self._window_start is None:
+            self._window_start = now_ms
+        self._held[rule] += 1
 
     def flush(self, now_ms: int) -> list[dict[str, Any]]:
         """The summary once the window is over (nothing if none was held)."""

@@ -104,7 +104,13 @@ class Watcher:
         self._dirty = True
         self._saved_ms = 0
         self._closing = False
-        self._delivery = threading.Thread(target=self._deliver, name="alerts-delivery", daemon=True)
+        #: Per remote, how many of the outbox's first bodies it has taken: each remote has a
+        #: thread of its own, so a webhook that times out holds up neither SNS nor another.
+        self._taken = [0] * len(remotes)
+        self._delivery = [
+            threading.Thread(target=self._deliver, args=(i,), name=f"alerts-{r.name}", daemon=True)
+            for i, r in enumerate(remotes)
+        ]
 
     # -- from the stream --------------------------------------------------------------------
 
@@ -137,7 +143,8 @@ class Watcher:
 
     def run(self, stream: Stream, stop: threading.Event, tick_s: float = TICK_S) -> None:
         """Watch until `stop` is set; on the way out the state is saved."""
-        self._delivery.start()
+        for thread in self._delivery:
+            thread.start()
         stream.start()
         try:
             while not stop.wait(tick_s):
@@ -147,7 +154,9 @@ class Watcher:
             with self._lock:
                 self._closing = True
                 self._lock.notify_all()
-            self._delivery.join(DRAIN_S)
+            deadline = time.monotonic() + DRAIN_S
+            for thread in self._delivery:
+                thread.join(max(0.0, deadline - time.monotonic()))
             with self._lock:
                 self._save(self.clock())
 
@@ -161,6 +170,7 @@ class Watcher:
                 dropped = len(self.state.outbox) - OUTBOX_MAX
                 log.error("the remote notifiers lag: dropped the %d oldest unsent", dropped)
                 del self.state.outbox[:dropped]
+                self._taken = [max(0, n - dropped) for n in self._taken]
         # Saved before anyone hears of it: after a crash from here on, the episode is known
         # as announced (and the outbox still holds it for the remotes).
         self._save(now)
@@ -174,21 +184,29 @@ class Watcher:
 
     # -- the remote notifiers, in their own thread ------------------------------------------
 
-    def _deliver(self) -> None:
+    def _deliver(self, index: int) -> None:
+        """Remote `index`'s thread: the outbox's bodies in order. A body leaves the outbox
+        once every remote has taken it (so a restart sends the rest again)."""
+        remote = self.remotes[index]
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: bool(self.state.outbox) or self._closing)
-                if not self.state.outbox:
-                    return
-                body = self.state.outbox[0]
-            for remote in self.remotes:
-                _send(remote, body)
+                self._lock.wait_for(
+                    lambda: self._taken[index] < len(self.state.outbox) or self._closing
+                )
+                if self._taken[index] >= len(self.state.outbox):
+                    return  # closing, and nothing left for this one
+                body = self.state.outbox[self._taken[index]]
+            _send(remote, body)
             with self._lock:
-                if self.state.outbox and self.state.outbox[0] is body:
-                    self.state.outbox.pop(0)
-                self._save(self.clock())
-                if self._closing and not self.state.outbox:
-                    return
+                position = self._taken[index]
+                if position < len(self.state.outbox) and self.state.outbox[position] is body:
+                    self._taken[index] += 1
+                done = min(self._taken)
+                if done:
+                    del self.state.outbox[:done]
+                    self._taken = [n - done for n in self._taken]
+                    self._save(self.clock())
+                self._lock.notify_all()
 
 
 def _send(remote: Remote, body: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ sensor is one episode, a restart repeats nothing, and a replay of the table's re
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from cloud.alerts.engine import CLEARED, FIRED, Engine, Notification
@@ -215,6 +216,34 @@ def test_the_flood_gate_holds_back_what_is_over_the_cap_and_sums_it_up():
         "minute): r1 x2, r0 x2",
     }
     assert [b["sensor_id"] for b in summary[1:]] == ["s9"]  # a new minute
+
+
+def test_a_clear_goes_where_its_fire_went_whatever_the_cap():
+    """A storm's clears: those of fires sent are sent (past the cap: no incident is left open
+    at the receiver), those of fires held are held (no clear of an unknown episode)."""
+    gate = FloodGate(per_minute=2)
+    fires = [note(n) for n in range(4)]
+    assert [b["sensor_id"] for b in gate.admit(fires, T0)] == ["s0", "s1"]
+    clears = [dataclasses.replace(n, event=CLEARED) for n in fires]
+    assert [(b["event"], b["sensor_id"]) for b in gate.admit(clears, T0 + S)] == [
+        ("cleared", "s0"),
+        ("cleared", "s1"),
+    ]
+    (summary,) = gate.admit([], T0 + 60 * S)
+    assert (summary["event"], summary["count"]) == ("held", 4)  # two fires, their two clears
+
+
+def test_a_restart_mid_rise_neither_clears_nor_fires_again(tmp_path: Path):
+    """A rate window starts empty after a restart: until it is its length again it cannot
+    say "steady", so a rise still under way stays one episode."""
+    rules = rule("temperature rises 3 in 10m")
+    climb = [reading(T0 + i * 10 * S, round(20 + i * 0.1, 1), i) for i in range(80)]
+    first = engine(rules)  # 0.1 every 10 s: 3 degrees up at 300 s
+    assert feed(first, climb[:40]) == [(FIRED, T0 + 300 * S)]
+    path = tmp_path / "state.json"
+    save_state(path, first.state)
+    second = engine(rules, load_state(path), started=T0 + 400 * S)
+    assert feed(second, climb[40:]) == []
 
 
 def test_replay_runs_the_table_on_its_own_clock():

@@ -430,7 +430,7 @@ class FakeStream:
 
 
 def test_a_dead_webhook_holds_up_nothing_and_is_given_up_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, receiver: Receiver
 ):
     gate = threading.Event()  # the webhook's pause between attempts lasts until we say so
     hook = Webhook(
@@ -439,7 +439,7 @@ def test_a_dead_webhook_holds_up_nothing_and_is_given_up_on(
     out = io.StringIO()
     state = tmp_path / "state.json"
     rules = parse_rules('[[rule]]\nname = "r"\nwhen = "seq gap"\n')
-    watcher = Watcher(rules, state, Stdout(out), [hook])
+    watcher = Watcher(rules, state, Stdout(out), [hook, Webhook(receiver.url)])
     stop = threading.Event()
     runner = threading.Thread(target=watcher.run, args=(FakeStream(watcher), stop, 0.05))
     runner.start()
@@ -452,6 +452,9 @@ def test_a_dead_webhook_holds_up_nothing_and_is_given_up_on(
         "CLEARED",
         "FIRED",
     ]
+    # The other remote has them all meanwhile; the outbox keeps them for the dead one.
+    receiver.wait(lambda b: len(b) == 3, "the live webhook to get all three")
+    assert [b["event"] for b in receiver.bodies] == ["fired", "cleared", "fired"]
     assert len(json.loads(state.read_text())["outbox"]) == 3
     gate.set()
     wait_until(lambda: json.loads(state.read_text())["outbox"] == [], 30, "the outbox to empty")
