@@ -168,6 +168,27 @@ class SensorStats:
         return self.total / self.count if self.count else float("nan")
 
 
+def sensor_ids(ddb: Any, table: str, since_ms: int, until_ms: int) -> set[str]:
+    """Every sensor with a reading in [since_ms, until_ms], by a paginated Scan of the ids
+    alone (the table's key has no other way to list its sensors)."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "SensorId",
+        "FilterExpression": "CurrentTime BETWEEN :lo AND :hi",
+        "ExpressionAttributeValues": {":lo": {"N": str(since_ms)}, ":hi": {"N": str(until_ms)}},
+    }
+    found: set[str] = set()
+    while True:
+        try:
+            page = ddb.scan(**kwargs)
+        except ClientError as exc:
+            raise TableError(f"scan of {table} failed: {exc}", aws_code(exc)) from None
+        found.update(item["SensorId"]["S"] for item in page["Items"])
+        if "LastEvaluatedKey" not in page:
+            return found
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def summarize(ddb: Any, table: str, since_ms: int | None = None) -> dict[str, SensorStats]:
     """Per-sensor count, min, avg and max by a paginated Scan (a small table; exports and
     `cloud query` are the way for large ones)."""

@@ -96,11 +96,15 @@ class Engine:
         self.rules = rules
         self.state = state
         self.started_ms = started_ms
-        #: Rate windows per (rule, sensor): (ts, value) of the readings in the window.
+        #: Rate windows per (rule, sensor): (ts, value) of the readings in the window that
+        #: may yet be its lowest (rises) or highest (falls).
         self._windows: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         #: The ts of each window's first reading in this run: a window begun after a
         #: restart holds less than its length until then, and cannot tell "steady again".
         self._windows_from: dict[tuple[str, str], int] = {}
+        #: Per rule name, the sensors it watches (`_watched`); per sensor, its rules.
+        self._watching: dict[str, list[str]] = {}
+        self._rules_of: dict[str, list[Rule]] = {}
         names = {r.name for r in rules.rules}
         for key in [k for k in state.episodes if k[0] not in names]:
             log.info("forgetting the active episode of %s on %s: no such rule now", *key)
@@ -206,17 +210,18 @@ class Engine:
         if x is None:
             return []
         key = (rule.name, r.sensor_id)
+        # The window's lowest (rises) or highest (falls) reading, the newest of equals, kept
+        # as a monotonic queue: each reading goes in and out once, however long the window.
         window = self._windows.setdefault(key, deque())
         filled_from = self._windows_from.setdefault(key, r.ts)
+        rises = c.direction == "rises"
+        while window and (window[-1][1] >= x if rises else window[-1][1] <= x):
+            window.pop()
         window.append((r.ts, x))
         while window[0][0] < r.ts - c.window_ms:
             window.popleft()
-        if c.direction == "rises":
-            base_ts, base = min(window, key=lambda p: (p[1], -p[0]))
-            change = x - base
-        else:
-            base_ts, base = max(window, key=lambda p: (p[1], p[0]))
-            change = base - x
+        base_ts, base = window[0]
+        change = x - base if rises else base - x
         holds = change >= c.amount
         episode = self.state.episodes.get(key)
         if episode is None:
@@ -347,16 +352,27 @@ class Engine:
         sensor = self.state.sensors.get(sensor_id)
         if sensor is None:
             sensor = self.state.sensors[sensor_id] = SensorState(first_seen_ms=seen_ms)
+            self._watching.clear()  # a new sensor: each rule's list is made again
         return sensor
 
     def _rules_for(self, sensor_id: str) -> Iterable[Rule]:
-        return (r for r in self.rules.rules if r.applies_to(sensor_id))
+        rules = self._rules_of.get(sensor_id)
+        if rules is None:  # once per sensor: every reading asks
+            rules = self._rules_of[sensor_id] = [
+                r for r in self.rules.rules if r.applies_to(sensor_id)
+            ]
+        return rules
 
     def _watched(self, rule: Rule) -> list[str]:
         """The sensors a time-based rule watches: those it names, and every sensor seen
-        (now or in an earlier run) that it matches."""
-        seen = [s for s in self.state.sensors if rule.applies_to(s)]
-        return sorted(set(rule.named_sensors) | set(seen))
+        (now or in an earlier run) that it matches. Kept until a new sensor appears: every
+        tick asks, and matching a fleet's ids against patterns each time was most of a
+        replay's time."""
+        watched = self._watching.get(rule.name)
+        if watched is None:
+            seen = [s for s in self.state.sensors if rule.applies_to(s)]
+            watched = self._watching[rule.name] = sorted(set(rule.named_sensors) | set(seen))
+        return watched
 
     @staticmethod
     def _value(r: Reading, metric: str) -> float | None:

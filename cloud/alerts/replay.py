@@ -12,10 +12,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cloud.alerts.engine import Engine, Notification
-from cloud.alerts.rules import Offline, RuleSet
+from cloud.alerts.rules import Offline, RuleSet, Stale
 from cloud.alerts.state import AlertState, Episode
 from cloud.table import Row
 from device.payload import Reading
+
+#: How often, on the readings' clock, time-based rules are judged.
+TICK_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,24 @@ def replay(
         engine.know(sensor_id, since_ms)
     notes: list[Notification] = []
     count = 0
+    ticked = since_ms
+    last: dict[str, int] = {}
+    shortest = min(
+        (r.condition.duration_ms for r in rules.rules if isinstance(r.condition, Stale)),
+        default=None,
+    )
     for reading in _readings(heapq.merge(*readings, key=lambda r: (r.time_ms, r.sensor_id))):
-        # A gap of exactly a stale rule's duration is not yet stale.
-        notes += engine.tick(reading.ts - 1)
+        # Time-based rules are judged once a second of the readings' clock, as the watcher
+        # does on its own (the times they report are their own, not the tick's), and just
+        # before a reading that ends a silence of its sensor, so that silence is judged
+        # before the reading clears it. A gap of exactly a rule's duration is not stale.
+        gap = reading.ts - last.get(reading.sensor_id, since_ms)
+        silent = shortest is not None and gap >= shortest
+        if silent or reading.ts - ticked >= TICK_MS:
+            notes += engine.tick(reading.ts - 1)
+            ticked = reading.ts - 1
         notes += engine.on_reading(reading, reading.ts)
+        last[reading.sensor_id] = reading.ts
         count += 1
     notes += engine.tick(until_ms)
     notes.sort(key=lambda n: (n.at_ms, n.rule, n.sensor_id))

@@ -55,8 +55,14 @@ class StateLock:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("a+")
+        except OSError as exc:
+            raise ConfigError(
+                f"--state {self.path.with_suffix('')}: cannot keep the alerts' state there "
+                f"({exc.strerror or exc}); give a folder this user may write"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -24,7 +24,8 @@ from cloud.cli.errors import reports_errors
 from cloud.errors import ConfigError
 from cloud.identity.local_ca import Identity
 from cloud.live.stream import LiveStream, Stream, open_live
-from cloud.table import query_readings, summarize
+from cloud.table import query_readings
+from cloud.table import sensor_ids as table_sensor_ids
 from cloud.target import Target
 from cloud.timeparse import iso_ms, parse_time_ms
 
@@ -242,7 +243,7 @@ def test(
         raise click.UsageError("--until must be later than --since")
     chosen = targets.resolve(target, endpoint_url)
     ddb = chosen.endpoint.client("dynamodb")
-    sensors = list(sensor_ids) or _sensors(rules, ddb, chosen.table, since_ms)
+    sensors = list(sensor_ids) or _sensors(rules, ddb, chosen.table, since_ms, until_ms)
     series = [
         query_readings(ddb, chosen.table, s, since_ms, until_ms, newest_first=False)
         for s in sensors
@@ -267,8 +268,8 @@ def test(
         )
 
 
-def _sensors(rules: RuleSet, ddb: object, table: str, since_ms: int) -> list[str]:
-    """Every sensor with readings since `since_ms` the rules apply to, and those they name."""
-    seen = set(summarize(ddb, table, since_ms))
+def _sensors(rules: RuleSet, ddb: object, table: str, since_ms: int, until_ms: int) -> list[str]:
+    """Every sensor with readings in the range that the rules apply to, and those they name."""
+    seen = table_sensor_ids(ddb, table, since_ms, until_ms)
     named = {s for r in rules.rules for s in r.named_sensors}
     return sorted(s for s in seen | named if any(r.applies_to(s) for r in rules.rules))

@@ -16,6 +16,7 @@ readings of its restart are queued for it); the dashboard's session ends with it
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,13 @@ class LiveStream:
             session_expiry_seconds=PERSISTENT_EXPIRY_S if persistent else 0,
             tls=identity,
         )
-        self._session = Session(spec, self._configure)
+        try:
+            self._session = Session(spec, self._configure)
+        except (ssl.SSLError, OSError) as exc:  # paho reads the files at once
+            raise ConfigError(
+                f"the certificate {identity.cert}, key {identity.key} or CA {identity.ca} "
+                f"cannot be used ({exc}): give PEM files (`cloud provision` makes them)"
+            ) from None
         self._client = self._session.client
 
     def _configure(self, client: mqtt.Client) -> None:

@@ -586,3 +586,27 @@ def test_every_kind_fires_and_clears_through_the_webhook(
     assert len(receiver.bodies) == 10  # two each, nothing more
     assert watch.stop() == 0
     assert len(watch.out) == 10
+
+
+def test_unusable_certificates_or_state_folder_are_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    rules = str(REPO / "config" / "alerts.toml")
+    tls = ["--cert", str(bad), "--key", str(bad), "--ca", str(bad)]
+    broker = ["--broker", f"mqtts://127.0.0.1:{free_port()}", *tls, "--no-sns"]
+    result = CliRunner().invoke(
+        main, ["alerts", "watch", "--rules", rules, *broker, "--state", str(tmp_path / "s.json")]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: the certificate {bad}, key {bad} or CA {bad} ")
+    assert result.output.endswith("give PEM files (`cloud provision` makes them)\n")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = CliRunner().invoke(
+        main, ["alerts", "watch", "--rules", rules, *broker, "--state", str(blocked / "s.json")]
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: --state {blocked / 's.json'}: cannot keep the alerts' state there (File "
+        "exists); give a folder this user may write\n",
+    )
