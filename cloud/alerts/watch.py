@@ -15,22 +15,20 @@ They are measured again from when it receives again.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from cloud.alerts.engine import Engine, Notification
 from cloud.alerts.notify import FloodGate, NotifyError, Remote, Stdout, text_line
 from cloud.alerts.rules import RuleSet
 from cloud.alerts.state import AlertState, load_state, save_state
-from cloud.errors import ConfigError
 from cloud.live.events import LiveEvent
 from cloud.live.stream import Stream
+from cloud.pidlock import PidLock
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +45,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class StateLock:
+def state_lock(state_path: Path) -> PidLock:
     """One watcher per state file: two would each announce every episode."""
-
-    def __init__(self, state_path: Path) -> None:
-        self.path = state_path.with_name(state_path.name + ".lock")
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> StateLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a+")
-        except OSError as exc:
-            raise ConfigError(
-                f"--state {self.path.with_suffix('')}: cannot keep the alerts' state there "
-                f"({exc.strerror or exc}); give a folder this user may write"
-            ) from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise ConfigError(
-                f"another `cloud alerts watch` (pid {holder}) uses {self.path.with_suffix('')}: "
-                "stop it, or give this one --state of its own"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
+    return PidLock(
+        state_path.with_name(state_path.name + ".lock"),
+        lambda pid: (
+            f"another `cloud alerts watch` (pid {pid}) uses {state_path}: stop it, or give "
+            "this one --state of its own"
+        ),
+        lambda why: (
+            f"--state {state_path}: cannot keep the alerts' state there ({why}); give a "
+            "folder this user may write"
+        ),
+    )
 
 
 class Watcher:

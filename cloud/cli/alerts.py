@@ -18,7 +18,7 @@ from cloud.alerts.notify import Remote, Sns, Stdout, Webhook, stack_topic_arn
 from cloud.alerts.replay import replay
 from cloud.alerts.rules import DEFAULT_PATH, RuleSet, load_rules
 from cloud.alerts.state import default_state_path
-from cloud.alerts.watch import StateLock, Watcher
+from cloud.alerts.watch import Watcher, state_lock
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.errors import ConfigError
@@ -148,7 +148,7 @@ def watch(
         )
     if state_path is None:
         state_path = default_state_path(side())
-    with StateLock(state_path):
+    with state_lock(state_path):
         watcher = Watcher(rules, state_path, Stdout(sys.stdout, fmt), remotes)
         stream: Stream
         if broker is not None:

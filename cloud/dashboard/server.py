@@ -99,7 +99,11 @@ class Dashboard:
         region = target.endpoint.region_name()
         source = "local stack" if target.stack is not None else f"AWS {region}"
         self.live = Live(self._ddb, target.table, source)
-        self._stream = open_live(target, "dashboard", self.live.on_event, self.live.on_state)
+        try:
+            self._stream = open_live(target, "dashboard", self.live.on_event, self.live.on_state)
+        except BaseException:
+            self._sock.close()
+            raise
         self._stop = threading.Event()
         address, bound_port = self._sock.getsockname()[:2]
         loopback = ipaddress.ip_address(address).is_loopback

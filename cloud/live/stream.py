@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud.errors import ConfigError
 from cloud.identity.local_ca import Identity
 from cloud.live.events import LiveEvent
+from cloud.pidlock import PidLock
 from cloud.target import Target
 from device.errors import PayloadError
 from device.payload import SENSOR_ID_RE, parse_health, parse_payload
@@ -91,8 +92,11 @@ class LiveStream:
         on_event: OnEvent,
         on_state: OnState,
         persistent: bool = False,
+        lock: PidLock | None = None,
     ) -> None:
         self.label = f"mqtts://{host}:{port}"
+        #: Held while the stream lives: one process per identity (`open_live`).
+        self._lock = lock
         self._on_event = on_event
         self._on_state = on_state
         self._persistent = persistent
@@ -139,6 +143,8 @@ class LiveStream:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        if self._lock is not None:
+            self._lock.release()
 
     # -- paho's callbacks, in its network thread ----------------------------------------
 
@@ -204,16 +210,40 @@ def open_live(
     if target.stack is None:
         return _iot_stream(target, watcher, on_event, on_state)
     from cloud.local.identities import device_identity  # the local CA: the cloud half only
+    from cloud.local.state import state_dir
 
-    identity = device_identity(Path(target.stack.root), watcher)
-    return LiveStream(
-        "127.0.0.1",
-        target.stack.mqtt_port,
-        identity,
-        f"cloud-{watcher}",
-        on_event,
-        on_state,
-        persistent=persistent,
+    root = Path(target.stack.root)
+    lock = watcher_lock(state_dir(root) / f"{watcher}.lock", watcher)
+    lock.acquire()
+    try:
+        identity = device_identity(root, watcher)
+        return LiveStream(
+            "127.0.0.1",
+            target.stack.mqtt_port,
+            identity,
+            f"cloud-{watcher}",
+            on_event,
+            on_state,
+            persistent=persistent,
+            lock=lock,
+        )
+    except BaseException:
+        lock.release()
+        raise
+
+
+def watcher_lock(path: Path, watcher: str) -> PidLock:
+    """One process per watcher identity on a stack: the broker names a client by its
+    certificate, so a second `cloud dashboard` (or `alerts watch`) would throw the first
+    off, and the two would take turns doing so."""
+    return PidLock(
+        path,
+        lambda pid: (
+            f"another process (pid {pid}) watches this stack's broker as `{watcher}`, and the "
+            "broker names a client by its certificate: a second would throw it off; stop "
+            "that one first"
+        ),
+        lambda why: f"cannot make the lock file {path} ({why})",
     )
 
 

@@ -10,6 +10,7 @@ agents and the browser are the real ones.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -29,6 +30,7 @@ from cloud.alerts.state import AlertState, Episode, save_state
 from cloud.aws import Endpoint
 from cloud.cli import main as cloud_main
 from cloud.dashboard.server import Dashboard, alerts_reader
+from cloud.errors import ConfigError
 from cloud.ingest.rule import to_item
 from cloud.local.mosquitto import Mosquitto
 from cloud.local.ports import free_port
@@ -357,4 +359,24 @@ def test_port_in_use_is_one_line(
     assert result.output == (
         f"Error: --port {port}: something else listens on 127.0.0.1:{port}; give another "
         "--port (0 picks a free one)\n"
+    )
+
+
+def test_a_second_dashboard_on_the_same_stack_is_refused(
+    start_broker: BrokerFactory,
+    aws: Endpoint,
+    table: str,
+    pki: Pki,
+    tmp_path: Path,
+    serve: Callable[..., Dashboard],
+) -> None:
+    """Both would be the `dashboard` client, and throw each other off the broker in turn."""
+    target = local_target(start_broker().config.port, aws, table, pki, tmp_path)
+    serve(target)
+    with pytest.raises(ConfigError) as refused:
+        Dashboard(target, "127.0.0.1", 0)
+    assert str(refused.value) == (
+        f"another process (pid {os.getpid()}) watches this stack's broker as `dashboard`, and "
+        "the broker names a client by its certificate: a second would throw it off; stop that "
+        "one first"
     )
