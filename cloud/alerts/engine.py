@@ -165,8 +165,9 @@ class Engine:
         return notes
 
     def tick(self, now_ms: int) -> list[Notification]:
-        """What time alone changed: staleness, offline durations, clears waiting out their
-        clear_after on the watcher's clock."""
+        """What time alone changed, on the watcher's clock: staleness and offline durations.
+        (The other kinds' clears, clear_after included, move on readings: the readings'
+        clock is theirs.)"""
         notes: list[Notification] = []
         for rule in self.rules.rules:
             c = rule.condition
