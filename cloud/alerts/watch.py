@@ -75,7 +75,12 @@ class Watcher:
         self.remotes = remotes
         self.clock = clock
         self.state: AlertState = load_state(state_path)
-        if not remotes:
+        if not remotes and self.state.outbox:
+            log.warning(
+                "%d notification(s) the last run had not delivered to its webhook or SNS are "
+                "dropped: this run has neither",
+                len(self.state.outbox),
+            )
             self.state.outbox.clear()
         self.engine = Engine(rules, self.state, clock())
         self.gate = FloodGate(rules.max_per_minute)
