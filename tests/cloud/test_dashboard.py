@@ -51,6 +51,17 @@ def local_target(broker_port: int, aws: Endpoint, table: str, pki: Pki, root: Pa
 
 
 @pytest.fixture
+def broker(start_broker: BrokerFactory) -> Mosquitto:
+    return start_broker()
+
+
+@pytest.fixture
+def target(broker: Mosquitto, aws: Endpoint, table: str, pki: Pki, tmp_path: Path) -> Target:
+    """A local stack made of this test's broker and table."""
+    return local_target(broker.config.port, aws, table, pki, tmp_path)
+
+
+@pytest.fixture
 def serve() -> Iterator[Callable[..., Dashboard]]:
     """Start dashboards (a free port each), stopped when the test ends."""
     running: list[tuple[Dashboard, threading.Thread]] = []
@@ -110,7 +121,8 @@ def chart(browser: Any, sensor_id: str) -> list[list[float]] | None:
 
 
 def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
-    start_broker: BrokerFactory,
+    broker: Mosquitto,
+    target: Target,
     aws: Endpoint,
     table: str,
     pki: Pki,
@@ -120,7 +132,6 @@ def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
     serve: Callable[..., Dashboard],
     browser: Any,
 ) -> None:
-    broker: Mosquitto = start_broker()
     port = broker.config.port
     steady, doomed, late = (f"{device_id}-{n}" for n in ("steady", "doomed", "late"))
     now = int(time.time() * 1000)
@@ -138,7 +149,7 @@ def test_page_shows_the_fleet_live_and_a_killed_agent_offline(
         )
         for sensor_id in (steady, doomed)
     }
-    dashboard = serve(local_target(port, aws, table, pki, tmp_path))
+    dashboard = serve(target)
     browser.get(dashboard.url)
     wait_until(
         lambda: browser.execute_script("return window.dashboard.ready"), 20, "the page to load"
@@ -233,10 +244,7 @@ def test_unreachable_broker_and_table_are_said_on_the_page(
 
 
 def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
-    start_broker: BrokerFactory,
-    aws: Endpoint,
-    table: str,
-    pki: Pki,
+    target: Target,
     tmp_path: Path,
     serve: Callable[..., Dashboard],
     browser: Any,
@@ -249,7 +257,6 @@ def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
         "freezer warm", "freezer-1", "threshold", since, since, 9.5, "temperature 9.5 > 8 for 10m"
     )
     save_state(state_path, AlertState(episodes={(episode.rule, episode.sensor_id): episode}))
-    target = local_target(start_broker().config.port, aws, table, pki, tmp_path)
     dashboard = serve(target, state_path)
     browser.get(dashboard.url)
 
@@ -267,18 +274,15 @@ def test_active_alerts_of_the_watcher_are_listed_and_go_when_cleared(
 
 
 def test_the_live_stream_comes_back_with_the_broker(
-    start_broker: BrokerFactory,
-    aws: Endpoint,
-    table: str,
+    broker: Mosquitto,
+    target: Target,
     pki: Pki,
-    tmp_path: Path,
     device_id: str,
     serve: Callable[..., Dashboard],
 ) -> None:
     """Killed, the broker is said to be gone; restarted on its port, the dashboard is back on
     its own and shows readings sent after."""
-    broker: Mosquitto = start_broker()
-    dashboard = serve(local_target(broker.config.port, aws, table, pki, tmp_path))
+    dashboard = serve(target)
 
     def sources() -> dict[str, Any]:
         return dict(get_json(f"{dashboard.url}api/devices")[1]["sources"])
@@ -306,14 +310,10 @@ def test_the_live_stream_comes_back_with_the_broker(
 
 
 def test_history_refuses_a_bad_id_or_range_in_one_line(
-    start_broker: BrokerFactory,
-    aws: Endpoint,
-    table: str,
-    pki: Pki,
-    tmp_path: Path,
+    target: Target,
     serve: Callable[..., Dashboard],
 ) -> None:
-    dashboard = serve(local_target(start_broker().config.port, aws, table, pki, tmp_path))
+    dashboard = serve(target)
     status, body = get_json(f"{dashboard.url}api/history?id=a%2Fb&minutes=60")
     assert status == 400
     assert body["error"].startswith("id: ")
@@ -324,15 +324,11 @@ def test_history_refuses_a_bad_id_or_range_in_one_line(
 
 
 def test_a_page_reached_by_another_name_is_refused(
-    start_broker: BrokerFactory,
-    aws: Endpoint,
-    table: str,
-    pki: Pki,
-    tmp_path: Path,
+    target: Target,
     serve: Callable[..., Dashboard],
 ) -> None:
     """A site elsewhere that rebinds its own name to 127.0.0.1 gets nothing of the fleet."""
-    dashboard = serve(local_target(start_broker().config.port, aws, table, pki, tmp_path))
+    dashboard = serve(target)
     port = dashboard.url.rsplit(":", 1)[1].rstrip("/")
     for host, status in ((f"evil.example:{port}", 400), (f"localhost:{port}", 200)):
         url = f"{dashboard.url}api/devices"
@@ -363,15 +359,10 @@ def test_port_in_use_is_one_line(
 
 
 def test_a_second_dashboard_on_the_same_stack_is_refused(
-    start_broker: BrokerFactory,
-    aws: Endpoint,
-    table: str,
-    pki: Pki,
-    tmp_path: Path,
+    target: Target,
     serve: Callable[..., Dashboard],
 ) -> None:
     """Both would be the `dashboard` client, and throw each other off the broker in turn."""
-    target = local_target(start_broker().config.port, aws, table, pki, tmp_path)
     serve(target)
     with pytest.raises(ConfigError) as refused:
         Dashboard(target, "127.0.0.1", 0)
