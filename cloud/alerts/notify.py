@@ -73,17 +73,21 @@ class Webhook:
     tried again, up to `attempts` in all with a doubling pause; a 4xx other than 429 is the
     receiver refusing this body, which another try would not change."""
 
-    url: str
+    url: str = field(repr=False)
     timeout: float = 5.0
     attempts: int = 3
     pause: float = 0.5
     name: str = "webhook"
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    shown: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--webhook {self.url!r}: give an http:// or https:// URL")
+        # A webhook's path and query often hold its secret (a chat service's token): the
+        # logs show only where it goes.
+        self.shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
 
     def send(self, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -109,7 +113,7 @@ class Webhook:
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"{type(reason).__name__}: {reason}" if str(reason) else repr(reason)
-        raise NotifyError(f"webhook {self.url}: {last}")
+        raise NotifyError(f"webhook {self.shown}/...: {last}")
 
 
 @dataclass
