@@ -168,47 +168,42 @@ class SensorStats:
         return self.total / self.count if self.count else float("nan")
 
 
-def sensor_ids(ddb: Any, table: str, since_ms: int, until_ms: int) -> set[str]:
-    """Every sensor with a reading in [since_ms, until_ms], by a paginated Scan of the ids
-    alone (the table's key has no other way to list its sensors)."""
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "ProjectionExpression": "SensorId",
-        "FilterExpression": "CurrentTime BETWEEN :lo AND :hi",
-        "ExpressionAttributeValues": {":lo": {"N": str(since_ms)}, ":hi": {"N": str(until_ms)}},
-    }
-    found: set[str] = set()
+def _scan(ddb: Any, table: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item a paginated Scan of `table` returns (`kwargs`: its projection, filter)."""
+    kwargs["TableName"] = table
     while True:
         try:
             page = ddb.scan(**kwargs)
         except ClientError as exc:
             raise TableError(f"scan of {table} failed: {exc}", aws_code(exc)) from None
-        found.update(item["SensorId"]["S"] for item in page["Items"])
+        yield from page["Items"]
         if "LastEvaluatedKey" not in page:
-            return found
+            return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def sensor_ids(ddb: Any, table: str, since_ms: int, until_ms: int) -> set[str]:
+    """Every sensor with a reading in [since_ms, until_ms], by a Scan of the ids alone (the
+    table's key has no other way to list its sensors)."""
+    items = _scan(
+        ddb,
+        table,
+        ProjectionExpression="SensorId",
+        FilterExpression="CurrentTime BETWEEN :lo AND :hi",
+        ExpressionAttributeValues={":lo": {"N": str(since_ms)}, ":hi": {"N": str(until_ms)}},
+    )
+    return {item["SensorId"]["S"] for item in items}
 
 
 def summarize(ddb: Any, table: str, since_ms: int | None = None) -> dict[str, SensorStats]:
     """Per-sensor count, min, avg and max by a paginated Scan (a small table; exports and
     `cloud query` are the way for large ones)."""
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "ProjectionExpression": "SensorId, CurrentTime, Temperature",
-    }
+    kwargs: dict[str, Any] = {"ProjectionExpression": "SensorId, CurrentTime, Temperature"}
     if since_ms is not None:
         kwargs["FilterExpression"] = "CurrentTime >= :since"
         kwargs["ExpressionAttributeValues"] = {":since": {"N": str(since_ms)}}
     stats: dict[str, SensorStats] = {}
-    while True:
-        try:
-            page = ddb.scan(**kwargs)
-        except ClientError as exc:
-            code = aws_code(exc)
-            raise TableError(f"scan of {table} failed: {exc}", code) from None
-        for item in page["Items"]:
-            sensor = item["SensorId"]["S"]
-            stats.setdefault(sensor, SensorStats()).add(float(item["Temperature"]["N"]))
-        if "LastEvaluatedKey" not in page:
-            return dict(sorted(stats.items()))
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for item in _scan(ddb, table, **kwargs):
+        sensor = item["SensorId"]["S"]
+        stats.setdefault(sensor, SensorStats()).add(float(item["Temperature"]["N"]))
+    return dict(sorted(stats.items()))

@@ -10,24 +10,28 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from cloud import target as targets
-from cloud.alerts.notify import Remote, Sns, Stdout, Webhook, stack_topic_arn
-from cloud.alerts.replay import replay
 from cloud.alerts.rules import DEFAULT_PATH, RuleSet, load_rules
-from cloud.alerts.state import default_state_path
-from cloud.alerts.watch import Watcher, state_lock
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
 from cloud.errors import ConfigError
-from cloud.identity.local_ca import Identity
-from cloud.live.stream import LiveStream, Stream, open_live
 from cloud.table import query_readings
 from cloud.table import sensor_ids as table_sensor_ids
 from cloud.target import Target
 from cloud.timeparse import iso_ms, parse_time_ms
+
+if TYPE_CHECKING:
+    from cloud.alerts.notify import Remote
+    from cloud.alerts.watch import Watcher
+    from cloud.identity.local_ca import Identity
+    from cloud.live.stream import LiveStream, Stream
+
+# The engine, the notifiers and the MQTT client are imported by the commands that use them:
+# every other `cloud` command would pay for them at start (about 0.1 s).
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +68,9 @@ def alerts() -> None:
     "--state",
     "state_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    envvar="CLOUD_ALERTS_STATE",
-    help="Where active episodes are kept across restarts [the local stack's data folder; "
-    "on AWS var/alerts/aws-state.json; also CLOUD_ALERTS_STATE].",
+    # CLOUD_ALERTS_STATE is read by default_state_path, the dashboard's default too.
+    help="Where active episodes are kept across restarts [CLOUD_ALERTS_STATE, else the local "
+    "stack's data folder, else var/alerts/aws-state.json].",
 )
 @click.option(
     "--webhook",
@@ -119,6 +123,12 @@ def watch(
     every --webhook and, on AWS, to the stack's SNS topic. Episodes are kept in --state: a
     restarted watcher does not announce them again.
     """
+    from cloud.alerts.notify import Sns, Stdout, Webhook, stack_topic_arn
+    from cloud.alerts.state import default_state_path
+    from cloud.alerts.watch import Watcher, state_lock
+    from cloud.identity.local_ca import Identity
+    from cloud.live.stream import open_live
+
     rules = load_rules(rules_path)
     given = broker is not None
     if given != (cert is not None and key is not None and ca is not None) or (
@@ -178,6 +188,7 @@ def watch(
 
 
 def _stream(url: str, identity: Identity, client_id: str, watcher: Watcher) -> LiveStream:
+    from cloud.live.stream import LiveStream
     from device.config import BrokerUrl
     from device.errors import ConfigError as AgentConfigError
 
@@ -236,6 +247,9 @@ def test(
     endpoint_url: str | None,
 ) -> None:
     """Which rules would have fired and cleared over a past time range of the table."""
+    from cloud.alerts.notify import Stdout
+    from cloud.alerts.replay import replay
+
     rules = load_rules(rules_path)
     since_ms = _past(since, "--since")
     until_ms = _past(until, "--until") if until else parse_time_ms("-0s")

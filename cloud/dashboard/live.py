@@ -27,8 +27,8 @@ class Live:
         #: Which side it shows: "local stack", or "AWS us-east-1".
         self.source = source
         self._lock = threading.Lock()
-        self._broker: str | None = CONNECTING
-        self._table: str | None = None
+        #: What keeps the broker and the table from the page, None when nothing does.
+        self._problems: dict[str, str | None] = {"broker": CONNECTING, "table": None}
         self._alerts: list[dict[str, Any]] = []
 
     # -- from the live stream -----------------------------------------------------------
@@ -39,13 +39,7 @@ class Live:
             self.hub.publish(message)
 
     def on_state(self, problem: str | None) -> None:
-        with self._lock:
-            if problem == self._broker:
-                return
-            self._broker = problem
-            # Under the lock: publishing only schedules the message, and two threads'
-            # changes must reach the pages in the order they were made.
-            self._publish_sources()
+        self._set_problem("broker", problem)
 
     # -- from the app -------------------------------------------------------------------
 
@@ -54,11 +48,16 @@ class Live:
         return history(self._ddb, self.table, sensor_id, since_ms)
 
     def set_table_problem(self, problem: str | None) -> None:
+        self._set_problem("table", problem)
+
+    def _set_problem(self, part: str, problem: str | None) -> None:
         with self._lock:
-            if problem == self._table:
+            if self._problems[part] == problem:
                 return
-            self._table = problem
-            self._publish_sources()
+            self._problems[part] = problem
+            # Under the lock: publishing only schedules the message, and two threads'
+            # changes must reach the pages in the order they were made.
+            self.hub.publish({"type": "sources", "sources": dict(self._problems)})
 
     def set_alerts(self, active: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -69,10 +68,7 @@ class Live:
 
     def sources(self) -> dict[str, Any]:
         with self._lock:
-            return self._sources()
-
-    def _sources(self) -> dict[str, Any]:
-        return {"broker": self._broker, "table": self._table}
+            return dict(self._problems)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -86,5 +82,3 @@ class Live:
             "alerts": alerts,
         }
 
-    def _publish_sources(self) -> None:  # with the lock held
-        self.hub.publish({"type": "sources", "sources": self._sources()})
