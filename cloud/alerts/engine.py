@@ -73,11 +73,6 @@ class Notification:
             "episode": self.episode,
         }
 
-    def line(self) -> str:
-        """One human-readable line (stdout, the log)."""
-        word = "FIRED  " if self.event == FIRED else "CLEARED"
-        return f"{iso_ms(self.at_ms)} {word} {self.rule} {self.sensor_id}: {self.message}"
-
 
 def _num(x: float) -> str:
     return f"{x:g}"
