@@ -26,6 +26,7 @@ from cloud.timeparse import iso_ms
 
 if TYPE_CHECKING:
     from cloud.aws import Endpoint
+    from cloud.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,30 @@ def stack_topic_arn(endpoint: Endpoint, stack_name: str) -> str:
             "update it with `cloud deploy`, or give --no-sns"
         )
     return arn
+
+
+def remotes(
+    side: Callable[[], Target],
+    webhooks: tuple[str, ...],
+    sns: bool | None,
+    sns_topic: str | None,
+    stack_name: str,
+) -> list[Remote]:
+    """The notifiers besides stdout: each webhook, and the SNS topic named or the stack's
+    (by default on AWS). `side` resolves the target only when SNS needs it, so a watcher
+    given its own broker and webhooks needs no target at all."""
+    found: list[Remote] = [Webhook(url) for url in webhooks]
+    if (sns or sns_topic) and side().stack is not None:
+        raise ConfigError(
+            "--sns/--sns-topic: the local stack has no SNS; use --webhook, or --target aws"
+        )
+    if sns_topic:
+        found.append(Sns(side().endpoint.client("sns"), sns_topic))
+    elif sns or (sns is None and side().name == "aws"):
+        found.append(
+            Sns(side().endpoint.client("sns"), stack_topic_arn(side().endpoint, stack_name))
+        )
+    return found
 
 
 class FloodGate:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cloud.alerts.engine import Engine, Notification
 from cloud.alerts.rules import Offline, RuleSet, Stale
 from cloud.alerts.state import AlertState, Episode
-from cloud.table import Row
+from cloud.table import Row, sensor_ids
 from device.payload import Reading
 
 #: How often, on the readings' clock, time-based rules are judged.
@@ -79,3 +79,13 @@ def _readings(rows: Iterable[Row]) -> Iterator[Reading]:
         seq = row.seq if row.seq is not None else last_seq.get(row.sensor_id, -1) + 1
         last_seq[row.sensor_id] = seq
         yield Reading(row.sensor_id, row.time_ms, seq, row.temperature, row.metrics)
+
+
+def sensors_to_replay(
+    rules: RuleSet, ddb: object, table: str, since_ms: int, until_ms: int
+) -> list[str]:
+    """Every sensor with readings in the range that the rules apply to, and those they name
+    (a named sensor with no readings at all is what a staleness rule is for)."""
+    seen = sensor_ids(ddb, table, since_ms, until_ms)
+    named = {s for r in rules.rules for s in r.named_sensors}
+    return sorted(s for s in seen | named if any(r.applies_to(s) for r in rules.rules))

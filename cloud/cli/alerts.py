@@ -15,20 +15,15 @@ from typing import TYPE_CHECKING
 import click
 
 from cloud import target as targets
-from cloud.alerts.rules import DEFAULT_PATH, RuleSet, load_rules
+from cloud.alerts.rules import DEFAULT_PATH, load_rules
 from cloud.cli import options
 from cloud.cli.errors import reports_errors
-from cloud.errors import ConfigError
 from cloud.table import query_readings
-from cloud.table import sensor_ids as table_sensor_ids
 from cloud.target import Target
 from cloud.timeparse import iso_ms, parse_time_ms
 
 if TYPE_CHECKING:
-    from cloud.alerts.notify import Remote
-    from cloud.alerts.watch import Watcher
-    from cloud.identity.local_ca import Identity
-    from cloud.live.stream import LiveStream, Stream
+    from cloud.live.stream import Stream
 
 # The engine, the notifiers and the MQTT client are imported by the commands that use them:
 # every other `cloud` command would pay for them at start (about 0.1 s).
@@ -123,11 +118,12 @@ def watch(
     every --webhook and, on AWS, to the stack's SNS topic. Episodes are kept in --state: a
     restarted watcher does not announce them again.
     """
-    from cloud.alerts.notify import Sns, Stdout, Webhook, stack_topic_arn
+    from cloud.alerts.notify import Stdout
+    from cloud.alerts.notify import remotes as notifiers
     from cloud.alerts.state import default_state_path
     from cloud.alerts.watch import Watcher, state_lock
     from cloud.identity.local_ca import Identity
-    from cloud.live.stream import open_live
+    from cloud.live.stream import open_broker, open_live
 
     rules = load_rules(rules_path)
     given = broker is not None
@@ -137,7 +133,6 @@ def watch(
         raise click.UsageError("--broker goes with --cert, --key and --ca (all four)")
     if sns and sns_topic:
         raise click.UsageError("--sns uses the stack's topic; --sns-topic names another")
-    remotes: list[Remote] = [Webhook(url) for url in webhooks]
     chosen: Target | None = None
 
     def side() -> Target:
@@ -146,16 +141,7 @@ def watch(
             chosen = targets.resolve(target, endpoint_url)
         return chosen
 
-    if (sns or sns_topic) and side().stack is not None:
-        raise ConfigError(
-            "--sns/--sns-topic: the local stack has no SNS; use --webhook, or --target aws"
-        )
-    if sns_topic:
-        remotes.append(Sns(side().endpoint.client("sns"), sns_topic))
-    elif sns or (sns is None and side().name == "aws"):
-        remotes.append(
-            Sns(side().endpoint.client("sns"), stack_topic_arn(side().endpoint, stack_name))
-        )
+    remotes = notifiers(side, webhooks, sns, sns_topic, stack_name)
     if state_path is None:
         state_path = default_state_path(side())
     with state_lock(state_path):
@@ -163,7 +149,14 @@ def watch(
         stream: Stream
         if broker is not None:
             assert cert is not None and key is not None and ca is not None
-            stream = _stream(broker, Identity(cert, key, ca), client_id, watcher)
+            stream = open_broker(
+                broker,
+                Identity(cert, key, ca),
+                client_id,
+                watcher.on_event,
+                watcher.on_state,
+                persistent=True,
+            )
             where = broker
         else:
             stream = open_live(side(), WATCHER, watcher.on_event, watcher.on_state, True)
@@ -185,28 +178,6 @@ def watch(
         signal.signal(signal.SIGTERM, stopping)
         signal.signal(signal.SIGINT, stopping)
         watcher.run(stream, stop)
-
-
-def _stream(url: str, identity: Identity, client_id: str, watcher: Watcher) -> LiveStream:
-    from cloud.live.stream import LiveStream
-    from device.config import BrokerUrl
-    from device.errors import ConfigError as AgentConfigError
-
-    try:
-        parsed = BrokerUrl.parse(url)
-    except AgentConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    if not parsed.tls:
-        raise ConfigError(f"--broker {url}: the live stream is read over TLS: mqtts://HOST:PORT")
-    return LiveStream(
-        parsed.host,
-        parsed.port,
-        identity,
-        client_id,
-        watcher.on_event,
-        watcher.on_state,
-        persistent=True,
-    )
 
 
 _DURATION = re.compile(r"^\d+(?:\.\d+)?[smhdw]$")
@@ -248,7 +219,7 @@ def test(
 ) -> None:
     """Which rules would have fired and cleared over a past time range of the table."""
     from cloud.alerts.notify import Stdout
-    from cloud.alerts.replay import replay
+    from cloud.alerts.replay import replay, sensors_to_replay
 
     rules = load_rules(rules_path)
     since_ms = _past(since, "--since")
@@ -257,7 +228,7 @@ def test(
         raise click.UsageError("--until must be later than --since")
     chosen = targets.resolve(target, endpoint_url)
     ddb = chosen.endpoint.client("dynamodb")
-    sensors = list(sensor_ids) or _sensors(rules, ddb, chosen.table, since_ms, until_ms)
+    sensors = list(sensor_ids) or sensors_to_replay(rules, ddb, chosen.table, since_ms, until_ms)
     series = [
         query_readings(ddb, chosen.table, s, since_ms, until_ms, newest_first=False)
         for s in sensors
@@ -280,10 +251,3 @@ def test(
         click.echo(
             f"not replayed (the table keeps no statuses): {', '.join(result.skipped)}", err=True
         )
-
-
-def _sensors(rules: RuleSet, ddb: object, table: str, since_ms: int, until_ms: int) -> list[str]:
-    """Every sensor with readings in the range that the rules apply to, and those they name."""
-    seen = table_sensor_ids(ddb, table, since_ms, until_ms)
-    named = {s for r in rules.rules for s in r.named_sensors}
-    return sorted(s for s in seen | named if any(r.applies_to(s) for r in rules.rules))

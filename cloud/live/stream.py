@@ -200,6 +200,30 @@ class Stream(Protocol):
     def stop(self) -> None: ...
 
 
+def open_broker(
+    url: str,
+    identity: Identity,
+    client_id: str,
+    on_event: OnEvent,
+    on_state: OnState,
+    persistent: bool = False,
+) -> LiveStream:
+    """The live stream of a broker given by its address (`--broker mqtts://HOST:PORT`), as
+    `identity`, not started."""
+    from device.config import BrokerUrl
+    from device.errors import ConfigError as AgentConfigError
+
+    try:
+        parsed = BrokerUrl.parse(url)
+    except AgentConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if not parsed.tls:
+        raise ConfigError(f"--broker {url}: the live stream is read over TLS: mqtts://HOST:PORT")
+    return LiveStream(
+        parsed.host, parsed.port, identity, client_id, on_event, on_state, persistent=persistent
+    )
+
+
 def open_live(
     target: Target, watcher: str, on_event: OnEvent, on_state: OnState, persistent: bool = False
 ) -> Stream:
