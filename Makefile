@@ -136,6 +136,7 @@ bench: setup
 	$(PY) bench/fleet.py $(BENCH)
 	$(PY) bench/config_roundtrip.py $(BENCH)
 	$(PY) bench/dashboard.py $(BENCH)
+	$(PY) bench/dashboard_history.py $(BENCH)
 	$(PY) bench/alerts_replay.py $(BENCH)
 
 clean:

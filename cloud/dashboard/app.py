@@ -93,10 +93,11 @@ def create_app(live: Live, vendor_dir: Path, loopback: bool = True) -> Starlette
         if not minutes.isdigit() or int(minutes) not in RANGES_MIN:
             allowed = ", ".join(map(str, RANGES_MIN))
             return JSONResponse({"error": f"minutes: one of {allowed}"}, status_code=400)
-        since_ms = int(time.time() * 1000) - int(minutes) * 60_000
+        until_ms = int(time.time() * 1000)
+        since_ms = until_ms - int(minutes) * 60_000
         try:
             # boto3 blocks: in a worker thread, so the live stream keeps flowing meanwhile.
-            body = await asyncio.to_thread(live.history, sensor_id, since_ms)
+            body = await asyncio.to_thread(live.history, sensor_id, since_ms, until_ms)
         except TableError as exc:
             live.set_table_problem(str(exc))
             return JSONResponse({"error": str(exc)}, status_code=503)

@@ -1,35 +1,55 @@
-"""A range of one sensor's readings from the table, thinned to what a chart can show."""
+"""A range of one sensor's readings from the table, cut down to what a chart can show."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cloud.table import query_readings
+from cloud.table import Row, query_readings
 
 #: Ranges the page offers, in minutes (and the only ones served: the size of a query is
 #: bounded by it).
 RANGES_MIN = (15, 60, 360, 1440)
-#: Newest readings read per sensor and range: a day at 1 Hz is 86,400, more than a chart
-#: of a few hundred pixels shows; the newest are kept when there are more.
-MAX_ROWS = 20_000
+#: Newest readings read per sensor and range: a day at 1 Hz (86,400) and some. A sensor
+#: faster than that shows the newest part of a long range.
+MAX_ROWS = 100_000
 #: Points per chart: about one per pixel column.
 MAX_POINTS_SENT = 1_500
 
 
-def thin(points: list[Any], most: int = MAX_POINTS_SENT) -> list[Any]:
-    """Every n-th point, always keeping the newest (the one the page's age is taken from)."""
-    if len(points) <= most:
-        return points
-    step = -(-len(points) // most)
-    kept = points[::step]
-    if kept[-1] is not points[-1]:
-        kept.append(points[-1])
-    return kept
+def history(
+    ddb: Any,
+    table: str,
+    sensor_id: str,
+    since_ms: int,
+    until_ms: int,
+    max_rows: int = MAX_ROWS,
+    most: int = MAX_POINTS_SENT,
+) -> dict[str, list[Any]]:
+    """{"ts": [...], "temperature": [...]}: oldest first, at most `most` points.
 
-
-def history(ddb: Any, table: str, sensor_id: str, since_ms: int) -> dict[str, list[Any]]:
-    """{"ts": [...], "temperature": [...]}: oldest first."""
-    rows = list(query_readings(ddb, table, sensor_id, since_ms=since_ms, limit=MAX_ROWS))
-    rows.reverse()
-    kept = thin(rows)
-    return {"ts": [r.time_ms for r in kept], "temperature": [r.temperature for r in kept]}
+    The range is cut into about `most / 2` equal slices of time, and each slice keeps its lowest
+    and its highest reading: a chart of them looks like one of every reading, and a spike
+    (the freezer's door left open for a minute) stays on it, where every n-th reading would
+    most likely miss it. The newest reading is always kept: the page's age is taken from it.
+    """
+    slices = max(1, (most - 1) // 2)
+    width = max(1, -(-(until_ms - since_ms) // slices))
+    lowest: dict[int, Row] = {}
+    highest: dict[int, Row] = {}
+    newest: Row | None = None
+    # Streamed, newest first: the memory held is the slices', whatever the range holds.
+    for row in query_readings(ddb, table, sensor_id, since_ms=since_ms, limit=max_rows):
+        if newest is None:
+            newest = row
+        at = min((row.time_ms - since_ms) // width, slices - 1)  # a clock ahead: the last
+        low = lowest.get(at)
+        if low is None or row.temperature < low.temperature:
+            lowest[at] = row
+        high = highest.get(at)
+        if high is None or row.temperature >= high.temperature:
+            highest[at] = row
+    kept = {id(r): r for r in (*lowest.values(), *highest.values())}
+    if newest is not None:
+        kept[id(newest)] = newest
+    rows = sorted(kept.values(), key=lambda r: r.time_ms)
+    return {"ts": [r.time_ms for r in rows], "temperature": [r.temperature for r in rows]}

@@ -43,9 +43,9 @@ class Live:
 
     # -- from the app -------------------------------------------------------------------
 
-    def history(self, sensor_id: str, since_ms: int) -> dict[str, Any]:
-        """One sensor's readings since `since_ms`, from the table (blocks: boto3)."""
-        return history(self._ddb, self.table, sensor_id, since_ms)
+    def history(self, sensor_id: str, since_ms: int, until_ms: int) -> dict[str, Any]:
+        """One sensor's readings of a time range, from the table (blocks: boto3)."""
+        return history(self._ddb, self.table, sensor_id, since_ms, until_ms)
 
     def set_table_problem(self, problem: str | None) -> None:
         self._set_problem("table", problem)
@@ -81,4 +81,3 @@ class Live:
             "devices": self.view.snapshot(),
             "alerts": alerts,
         }
-

@@ -98,8 +98,6 @@ class IotLiveStream:
 
     def _received(self, data: Any) -> None:
         packet = data.publish_packet
-        event = event_of(
-            packet.topic, bytes(packet.payload or b""), bool(packet.retain), now_ms()
-        )
+        event = event_of(packet.topic, bytes(packet.payload or b""), bool(packet.retain), now_ms())
         if event is not None:
             self._on_event(event)
