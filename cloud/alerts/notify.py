@@ -164,7 +164,7 @@ def stack_topic_arn(endpoint: Endpoint, stack_name: str) -> str:
     return arn
 
 
-def remotes(
+def remote_notifiers(
     side: Callable[[], Target],
     webhooks: tuple[str, ...],
     sns: bool | None,

@@ -118,8 +118,7 @@ def watch(
     every --webhook and, on AWS, to the stack's SNS topic. Episodes are kept in --state: a
     restarted watcher does not announce them again.
     """
-    from cloud.alerts.notify import Stdout
-    from cloud.alerts.notify import remotes as notifiers
+    from cloud.alerts.notify import Stdout, remote_notifiers
     from cloud.alerts.state import default_state_path
     from cloud.alerts.watch import Watcher, state_lock
     from cloud.identity.local_ca import Identity
@@ -141,7 +140,7 @@ def watch(
             chosen = targets.resolve(target, endpoint_url)
         return chosen
 
-    remotes = notifiers(side, webhooks, sns, sns_topic, stack_name)
+    remotes = remote_notifiers(side, webhooks, sns, sns_topic, stack_name)
     if state_path is None:
         state_path = default_state_path(side())
     with state_lock(state_path):

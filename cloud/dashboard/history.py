@@ -27,10 +27,11 @@ def history(
 ) -> dict[str, list[Any]]:
     """{"ts": [...], "temperature": [...]}: oldest first, at most `most` points.
 
-    The range is cut into about `most / 2` equal slices of time, and each slice keeps its lowest
-    and its highest reading: a chart of them looks like one of every reading, and a spike
-    (the freezer's door left open for a minute) stays on it, where every n-th reading would
-    most likely miss it. The newest reading is always kept: the page's age is taken from it.
+    The range is cut into about `most / 2` equal slices of time, and each slice keeps its
+    lowest and its highest reading: a chart of them looks like one of every reading, and a
+    spike (the freezer's door left open for a minute) stays on it, where every n-th reading
+    would most likely miss it. The newest reading is always kept: the page's age is taken
+    from it.
     """
     slices = max(1, (most - 1) // 2)
     width = max(1, -(-(until_ms - since_ms) // slices))
@@ -41,15 +42,17 @@ def history(
     for row in query_readings(ddb, table, sensor_id, since_ms=since_ms, limit=max_rows):
         if newest is None:
             newest = row
-        at = min((row.time_ms - since_ms) // width, slices - 1)  # a clock ahead: the last
+        # A reading stamped after until_ms (a device's clock ahead) joins the last slice.
+        at = min((row.time_ms - since_ms) // width, slices - 1)
         low = lowest.get(at)
         if low is None or row.temperature < low.temperature:
             lowest[at] = row
         high = highest.get(at)
         if high is None or row.temperature >= high.temperature:
             highest[at] = row
-    kept = {id(r): r for r in (*lowest.values(), *highest.values())}
+    # By time, which the table's key makes unique per sensor: a slice's one reading is sent once.
+    kept = {r.time_ms: r for r in (*lowest.values(), *highest.values())}
     if newest is not None:
-        kept[id(newest)] = newest
-    rows = sorted(kept.values(), key=lambda r: r.time_ms)
+        kept[newest.time_ms] = newest
+    rows = [kept[ms] for ms in sorted(kept)]
     return {"ts": [r.time_ms for r in rows], "temperature": [r.temperature for r in rows]}
