@@ -6,9 +6,9 @@ Needs (README, Dashboard): iot:Connect on `client/cloud-*`, iot:Subscribe on
 `topicfilter/sensors/*`, iot:Receive on `topic/sensors/*`. IoT Core sends the retained
 status and health of every device at subscribe time, as Mosquitto does locally.
 
-Not exercised against IoT Core here (no AWS), nor against a local broker: the Mosquitto
-of Debian 12 cannot open a WebSockets listener on this machine. What is shared with the
-local stream (the topics, `event_of`) is tested there.
+Not exercised against IoT Core here (no AWS). tests/cloud/test_live_iot.py runs it against
+a stand-in (tests/iot_endpoint.py): a signed WebSocket handshake, relayed to a real
+Mosquitto, since Debian 12's cannot open a WebSockets listener itself.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import secrets
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from cloud.live.stream import TOPICS, OnEvent, OnState, event_of, now_ms
@@ -36,6 +37,7 @@ class IotLiveStream:
         on_event: OnEvent,
         on_state: OnState,
         port: int = 443,
+        ca: Path | None = None,
     ) -> None:
         # awsiotsdk (awscrt) comes with the awsiot extra: imported only for AWS.
         from awscrt import auth, mqtt5
@@ -54,6 +56,9 @@ class IotLiveStream:
             client_id=f"cloud-{watcher}-{secrets.token_hex(4)}",
             session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
             enable_metrics_collection=False,
+            # None: the system's trust store, which holds IoT Core's (Amazon Root CA 1).
+            # A test's stand-in endpoint has the tests' CA.
+            ca_filepath=str(ca) if ca is not None else None,
             on_lifecycle_connection_success=self._connected,
             on_lifecycle_connection_failure=self._failed,
             on_lifecycle_disconnection=self._disconnected,
